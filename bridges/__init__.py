@@ -1,0 +1,1 @@
+"""Bridges from jaxobs to experiment trackers (W&B, TensorBoard); each imported on use."""

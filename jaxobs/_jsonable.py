@@ -1,0 +1,243 @@
+"""Turning host values into JSON: non-finite sentinels, config conversion, secret redaction.
+
+Everything here is plain Python and NumPy; nothing imports jax (jax arrays are recognised by
+duck typing, through ``__array__`` and ``shape``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import math
+import os
+import pathlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+# Floats that JSON cannot hold are written as these strings (the TrainLog contract).
+NAN, POS_INF, NEG_INF = "NaN", "Infinity", "-Infinity"
+_SENTINELS = {NAN: math.nan, POS_INF: math.inf, NEG_INF: -math.inf}
+
+REDACTED = "<redacted>"
+
+# Arrays in a config are kept as nested lists up to this many elements.
+MAX_CONFIG_ARRAY_SIZE = 1024
+
+
+def encode_float(x: float) -> float | str:
+    """A float as JSON: the number when finite, else "NaN", "Infinity" or "-Infinity"."""
+    if math.isfinite(x):
+        return x
+    if math.isnan(x):
+        return NAN
+    return POS_INF if x > 0 else NEG_INF
+
+
+def decode_float(v: Any, where: str) -> float:
+    """The inverse of `encode_float`; ``where`` names the field in the error message."""
+    if isinstance(v, bool):
+        raise ValueError(f"{where}: expected a number, got a boolean ({v!r})")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v in _SENTINELS:
+        return _SENTINELS[v]
+    raise ValueError(
+        f'{where}: expected a number or one of "NaN", "Infinity", "-Infinity", got {v!r}'
+    )
+
+
+def encode_tree(value: Any) -> Any:
+    """Replace non-finite floats anywhere inside plain JSON data by their sentinel strings."""
+    if isinstance(value, float):
+        return encode_float(value)
+    if isinstance(value, dict):
+        return {k: encode_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [encode_tree(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- secrets
+
+_SECRET_WORDS = {"password", "passwd", "pwd", "secret", "token", "apikey", "credential",
+                 "credentials", "passphrase"}
+_SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key")}
+
+
+def _words(key: str) -> list[str]:
+    # "wandbApiKey" -> wandb, api, key; "HF_TOKEN" -> hf, token; "max_tokens" -> max, tokens.
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+
+
+def looks_secret(key: str) -> bool:
+    """Whether a config or environment key names a secret (api_key, token, password, ...).
+
+    Matching is by whole words of the key, so ``HF_TOKEN`` and ``wandbApiKey`` are secrets
+    while ``max_tokens`` and ``tokenizer`` are not.
+    """
+    words = _words(key)
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:]))
+
+
+def redact_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``env`` with the values of secret-looking keys replaced by ``<redacted>``."""
+    return {k: (REDACTED if looks_secret(k) and v else v) for k, v in env.items()}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+class ConfigError(TypeError):
+    """A config value cannot be stored as JSON; the message names the config key."""
+
+
+def _key_str(key: Any, path: str) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, enum.Enum):
+        return str(key.name)
+    if isinstance(key, (bool, np.bool_)):
+        return "true" if key else "false"
+    if isinstance(key, (int, np.integer)):
+        return str(int(key))
+    raise ConfigError(
+        f"{path}: config keys must be strings (or ints/enums, which become strings); "
+        f"got a key of type {type(key).__name__}: {key!r}"
+    )
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def to_config(value: Any, path: str = "config") -> Any:
+    """Convert a config value to plain JSON data, predictably, or fail naming the key.
+
+    Rules, applied recursively:
+
+    - ``None``, ``bool``, ``int``, ``float``, ``str`` stay as they are.
+    - NumPy and jax scalars become Python scalars; arrays of at most 1024 elements become
+      nested lists; larger arrays are refused (a config holds small values).
+    - Dataclasses (including flax ``struct`` dataclasses) and mappings become dicts; int and
+      enum keys become strings.
+    - Tuples and lists become lists; sets and frozensets become sorted lists.
+    - ``pathlib`` paths become strings; dates and datetimes their ISO format; NumPy dtypes
+      and jax dtypes their name.
+    - Enums become their value when it is a JSON scalar, else their name.
+    - Anything else (functions, modules, arbitrary objects) raises `ConfigError` naming the key.
+    - A value under a key that looks like a secret (``api_key``, ``token``, ``password``,
+      ``secret``) is replaced by ``"<redacted>"``.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, enum.Enum):
+        inner = value.value
+        if inner is None or isinstance(inner, (bool, int, float, str)):
+            return to_config(inner, path)
+        return value.name
+    if isinstance(value, np.generic):
+        return to_config(value.item(), path)
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return np.dtype(value).name
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _convert_item(f.name, getattr(value, f.name), path)
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            key = _key_str(k, path)
+            if key in out:
+                raise ConfigError(f"{_join(path, key)}: two config keys become the same string")
+            out[key] = _convert_item(key, v, path)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_config(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (set, frozenset)):
+        items = [to_config(v, f"{path}{{}}") for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return sorted(items, key=repr)
+    if _is_array(value):
+        arr = np.asarray(value)
+        if arr.size > MAX_CONFIG_ARRAY_SIZE:
+            raise ConfigError(
+                f"{path}: an array of shape {arr.shape} ({arr.size} elements) is too large for "
+                f"the run config (at most {MAX_CONFIG_ARRAY_SIZE}); log it as an artifact instead"
+            )
+        if arr.dtype.kind not in "biuf":
+            raise ConfigError(f"{path}: arrays of dtype {arr.dtype} cannot be stored in a config")
+        return arr.tolist()
+    dtype_name = _dtype_name(value)
+    if dtype_name is not None:
+        return dtype_name
+    hint = "pass its name as a string" if callable(value) else "convert it to str, int or float"
+    raise ConfigError(
+        f"{path}: cannot store a value of type {type(value).__module__}.{type(value).__qualname__} "
+        f"in the run config; {hint}"
+    )
+
+
+def _convert_item(key: str, value: Any, path: str) -> Any:
+    if looks_secret(key) and value not in (None, ""):
+        return REDACTED
+    return to_config(value, _join(path, key))
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "__array__") and hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def _dtype_name(value: Any) -> str | None:
+    # jnp.float32 and friends are not np.generic subclasses but carry a numpy dtype.
+    dtype = getattr(value, "dtype", None)
+    if isinstance(dtype, np.dtype) and callable(value):
+        return dtype.name
+    return None
+
+
+def scalar(value: Any, name: str) -> float:
+    """A logged value as a host float, or a `TypeError` naming the metric.
+
+    Accepts Python and NumPy numbers and arrays with exactly one element (this converts a jax
+    array, which waits for it to be computed).
+    """
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, np.generic) or _is_array(value):
+        arr = np.asarray(value)
+        if arr.size != 1:
+            raise TypeError(
+                f"metric {name!r}: expected a scalar, got an array of shape {arr.shape}; "
+                "reduce it first (e.g. .mean()) or log each element under its own name"
+            )
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"metric {name!r}: expected a number, got dtype {arr.dtype}")
+        return float(arr.reshape(()))
+    raise TypeError(f"metric {name!r}: expected a number, got {type(value).__name__}: {value!r}")
+
+
+def collect_env(prefixes: Iterable[str], environ: Mapping[str, str] | None = None) -> dict:
+    """Environment variables with the given prefixes, secrets redacted, sorted by name."""
+    environ = os.environ if environ is None else environ
+    picked = {k: v for k, v in environ.items() if any(k.startswith(p) for p in prefixes)}
+    return dict(sorted(redact_env(picked).items()))

@@ -1,0 +1,177 @@
+"""The ``jaxobs`` command.
+
+    jaxobs show RUN                  a summary of a run: metadata, config, last/best values
+    jaxobs export RUN --format json  the run's TrainLog as JSON (stdout or --output)
+    jaxobs export RUN --format csv   one row per step, one column per metric
+
+RUN is a run directory (``<dir>/<project>/<run_id>``) or a TrainLog JSON file. A run that
+crashed is read from its ``events.jsonl``. Bad input prints one line, ``jaxobs: error: ...``,
+and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import pathlib
+import sys
+import warnings
+from collections.abc import Sequence
+
+from jaxobs.log import TrainLog
+from jaxobs.summary import summarize
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, exit 2
+        self.exit(EXIT_USAGE, f"jaxobs: error: {message} (see jaxobs {self.prog.split()[-1]} -h)\n"
+                  if " " in self.prog else f"jaxobs: error: {message} (see jaxobs -h)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from jaxobs import __version__
+
+    p = _Parser(prog="jaxobs", description="Inspect and export jaxobs runs.")
+    p.add_argument("--version", action="version", version=f"jaxobs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    show = sub.add_parser("show", help="summary of a run: metadata, config, last/best values")
+    show.add_argument("run", help="run directory or TrainLog JSON file")
+    show.add_argument("--all", action="store_true",
+                      help="show every metric (default: at most 40, per-layer statistics last)")
+    export = sub.add_parser("export", help="write the run's metrics as json or csv")
+    export.add_argument("run", help="run directory or TrainLog JSON file")
+    export.add_argument("--format", choices=("json", "csv"), default="json")
+    export.add_argument("--output", "-o", help="output file (default: stdout)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from jaxobs.run import RunDirError, load_trainlog
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            log, record = load_trainlog(args.run)
+        for w in caught:
+            print(f"jaxobs: warning: {w.message}", file=sys.stderr)
+        if args.command == "show":
+            _show(log, record, args.all)
+        else:
+            text = log.dumps() if args.format == "json" else _to_csv(log)
+            if args.output:
+                pathlib.Path(args.output).write_text(text, encoding="utf-8")
+            else:
+                sys.stdout.write(text)
+    except (RunDirError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"jaxobs: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `jaxobs export ... | head`
+        return 0
+    return 0
+
+
+def _to_csv(log: TrainLog) -> str:
+    """Wide CSV: a ``step`` column, then one column per metric; empty cells where a metric
+    was not logged at that step. Non-finite values are written ``nan``, ``inf``, ``-inf``."""
+    columns: dict[str, dict[int, float]] = {}
+    all_steps: set[int] = set()
+    for series in log.series:
+        steps = log.steps_of(series)
+        columns[series.name] = dict(zip(steps, series.values))
+        all_steps.update(steps)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["step", *columns])
+    for step in sorted(all_steps):
+        writer.writerow([step, *(repr(c[step]) if step in c else "" for c in columns.values())])
+    return out.getvalue()
+
+
+_STAT_PREFIXES = ("grads/", "params/", "updates/", "acts/")
+
+
+def _show(log: TrainLog, record, show_all: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxobs.sinks import format_value
+
+    console = Console()
+    run = log.run
+    meta = Table.grid(padding=(0, 2))
+    meta.add_column(style="bold")
+    meta.add_column()
+    if run is not None:
+        meta.add_row("project", run.project)
+        meta.add_row("name", run.name)
+        meta.add_row("run id", run.run_id)
+        if run.group:
+            meta.add_row("group", run.group)
+        if run.tags:
+            meta.add_row("tags", ", ".join(run.tags))
+    else:
+        meta.add_row("title", log.title)
+    if record is not None:
+        meta.add_row("status", record.status)
+        meta.add_row("directory", str(record.dir))
+        env = record.env
+        pkgs = env.get("packages", {})
+        meta.add_row("started", str(env.get("start_time", "")))
+        meta.add_row("host", f"{env.get('hostname', '')} (python {env.get('python', '')})")
+        meta.add_row("versions", ", ".join(f"{k} {v}" for k, v in pkgs.items() if v))
+        devices = (env.get("jax") or {}).get("devices")
+        if devices:
+            meta.add_row("devices", ", ".join(devices))
+        if env.get("git"):
+            g = env["git"]
+            meta.add_row("git", f"{g['commit'][:12]}{' (dirty)' if g.get('dirty') else ''}")
+        if record.end and record.end.get("error"):
+            err = record.end["error"]
+            meta.add_row("error", f"{err['type']}: {err['message']}")
+        for problem in record.warnings:
+            meta.add_row("note", problem)
+    console.print(meta)
+    if run is not None and run.config:
+        table = Table(title="config", title_justify="left", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for key, value in _flatten(run.config):
+            table.add_row(key, json.dumps(value, ensure_ascii=False))
+        console.print(table)
+    summaries = summarize(log)
+    if not summaries:
+        console.print("no metrics logged")
+        return
+    summaries.sort(key=lambda s: s.name.startswith(_STAT_PREFIXES))
+    shown = summaries if show_all else summaries[:40]
+    table = Table(title="metrics", title_justify="left")
+    for col in ("metric", "last", "at step", "best", "at step", "values"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for s in shown:
+        best = "" if s.best is None else f"{format_value(s.best)} ({s.direction})"
+        count = f"{s.count}" + (f" [red]({s.nonfinite} non-finite)[/]" if s.nonfinite else "")
+        table.add_row(s.name, format_value(s.last), str(s.last_step), best,
+                      "" if s.best_step is None else str(s.best_step), count)
+    console.print(table)
+    if len(shown) < len(summaries):
+        console.print(f"... {len(summaries) - len(shown)} more metrics (--all shows them)")
+    if log.artifacts:
+        console.print("artifacts: " + ", ".join(f"{a.name} ({a.path})" for a in log.artifacts))
+
+
+def _flatten(config: dict, prefix: str = ""):
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f"{name}.")
+        else:
+            yield name, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

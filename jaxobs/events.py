@@ -1,0 +1,276 @@
+"""Events, levels and the dispatcher that hands events to sinks on one background thread.
+
+A sink is any object with ``handle_<event_type>(event)`` methods (and, optionally,
+``handle_event(event)`` for every type it has no specific method for, ``flush()`` and
+``close()``). There is no base class to inherit from.
+
+Queue policy (bounded queue, one worker thread):
+
+- The run's ``events.jsonl`` is written by the `Run` itself, before an event is queued, so
+  no policy here can lose a record from the file.
+- *Stream* events (``metrics``, ``batch_start``, ``batch_end`` and the EXPERT/DEBUG event
+  types) are dropped for the sinks when the queue is full; each drop is counted, and the
+  counts are reported when the run finishes and stored in its ``run_end`` record.
+- All other events (run and epoch boundaries, health checks, artifacts, custom events) wait
+  up to ``block_timeout_s`` for room, then are dropped and counted the same way.
+- A sink method or callback that raises is reported once (a warning on the ``jaxobs``
+  logger naming the sink, the event and the error) and that sink (or callback) is disabled;
+  training goes on. The report is also kept in the run's ``run_end`` record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["EVENT_LEVELS", "Dispatcher", "Event", "Level", "level_from_env"]
+
+logger = logging.getLogger("jaxobs")
+
+
+class Level(enum.IntEnum):
+    """How much a run records. An event is recorded when its level is at most the run's."""
+
+    BASIC = 0
+    DETAILED = 1
+    EXPERT = 2
+    DEBUG = 3
+
+    @classmethod
+    def parse(cls, value: Level | str | int) -> Level:
+        if isinstance(value, Level):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        names = ", ".join(m.name for m in cls)
+        raise ValueError(f"unknown level {value!r}; expected one of {names}")
+
+
+LEVEL_ENV = "JAXOBS_LEVEL"
+DEFAULT_LEVEL = Level.DETAILED
+
+
+def level_from_env(environ: Mapping[str, str] | None = None) -> Level:
+    """The level named by ``JAXOBS_LEVEL`` (default DETAILED); a bad value is an error."""
+    value = (os.environ if environ is None else environ).get(LEVEL_ENV, "")
+    if not value.strip():
+        return DEFAULT_LEVEL
+    try:
+        return Level.parse(value)
+    except ValueError as e:
+        raise ValueError(f"environment variable {LEVEL_ENV}: {e}") from None
+
+
+# The event types of the seed's observatory, with their levels, plus jaxobs's own.
+EVENT_LEVELS: dict[str, Level] = {
+    "run_start": Level.BASIC,  # first record of a run: metadata, config, environment
+    "run_end": Level.BASIC,  # last record: status, error, drop counts
+    "metrics": Level.BASIC,  # `Run.log`: scalars at a step
+    "artifact": Level.BASIC,  # a file attached to the run
+    "train_start": Level.BASIC,
+    "train_end": Level.BASIC,
+    "epoch_start": Level.BASIC,
+    "epoch_end": Level.BASIC,
+    "health_check": Level.BASIC,
+    "batch_start": Level.DETAILED,
+    "batch_end": Level.DETAILED,
+    "layer_forward": Level.EXPERT,
+    "layer_backward": Level.EXPERT,
+    "gradient_computed": Level.EXPERT,
+    "weight_updated": Level.EXPERT,
+}
+CUSTOM_EVENT_LEVEL = Level.DETAILED
+
+_STREAM_TYPES = frozenset({"metrics", "batch_start", "batch_end", "layer_forward",
+                           "layer_backward", "gradient_computed", "weight_updated"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One thing that happened in a run, as sinks receive it.
+
+    Attributes:
+      type: The event type (``"epoch_end"``, ``"metrics"``, ``"health_check"``, ...).
+      level: Its `Level`.
+      step: The training step it belongs to, if any.
+      timestamp_ns: Wall-clock time (``time.time_ns()``) when it was recorded.
+      data: The payload, plain JSON data (e.g. ``{"values": {"train/loss": 0.3}}``).
+    """
+
+    type: str
+    level: Level
+    step: int | None
+    timestamp_ns: int
+    data: Mapping[str, Any]
+
+    @property
+    def epoch(self) -> int | None:
+        return self.data.get("epoch")
+
+    @property
+    def severity(self) -> str | None:
+        return self.data.get("severity")
+
+    @property
+    def message(self) -> str | None:
+        return self.data.get("message")
+
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        """The scalars of a ``metrics`` event (or an event's ``metrics`` payload), else {}."""
+        return self.data.get("values") or self.data.get("metrics") or {}
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-lines record of this event."""
+        out: dict[str, Any] = {"event": self.type, "level": self.level.name}
+        if self.step is not None:
+            out["step"] = self.step
+        out["timestamp_ns"] = self.timestamp_ns
+        out.update(self.data)
+        return out
+
+
+_STOP = object()
+_FLUSH = "flush"
+
+
+class Dispatcher:
+    """Hands events to sinks and callbacks on one background worker thread.
+
+    Args:
+      sinks: Initial sinks.
+      maxsize: Capacity of the queue.
+      block_timeout_s: How long a non-stream event waits for room in a full queue.
+    """
+
+    def __init__(self, sinks=(), maxsize: int = 1024, block_timeout_s: float = 5.0):
+        if maxsize < 1:
+            raise ValueError(f"queue size must be at least 1, got {maxsize}")
+        self._sinks: list[Any] = list(sinks)
+        self._callbacks: list[tuple[str, Callable[[Event], Any]]] = []
+        self._disabled: set[int] = set()
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._block_timeout_s = block_timeout_s
+        self.dropped: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="jaxobs-dispatch", daemon=True)
+        self._thread.start()
+
+    @property
+    def sinks(self) -> list[Any]:
+        return list(self._sinks)
+
+    def add_sink(self, sink: Any) -> None:
+        with self._lock:
+            self._sinks.append(sink)
+
+    def register_callback(self, event_type: str, fn: Callable[[Event], Any]) -> None:
+        """Call ``fn(event)`` for every event of ``event_type`` (``"*"``: every event)."""
+        if not callable(fn):
+            raise TypeError(f"callback for {event_type!r} must be callable, got {fn!r}")
+        with self._lock:
+            self._callbacks.append((event_type, fn))
+
+    def submit(self, event: Event) -> bool:
+        """Queue ``event`` for the sinks. Returns False when it was dropped (queue full)."""
+        if self._closed:
+            return False
+        try:
+            if event.type in _STREAM_TYPES:
+                self._queue.put_nowait(event)
+            else:
+                self._queue.put(event, timeout=self._block_timeout_s)
+            return True
+        except queue.Full:
+            self.dropped[event.type] += 1
+            return False
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued event has been handled and sinks flushed."""
+        if self._closed or not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        try:
+            self._queue.put((_FLUSH, done), timeout=timeout_s)
+        except queue.Full:
+            return False
+        return done.wait(timeout_s)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Handle what is queued, close the sinks and stop the worker."""
+        if self._closed:
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout_s)
+        except queue.Full:
+            pass
+        self._thread.join(timeout_s)
+        self._closed = True
+
+    # -- worker
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                self._each_sink("close")
+                return
+            if isinstance(item, tuple) and item[0] == _FLUSH:
+                self._each_sink("flush")
+                item[1].set()
+                continue
+            self._deliver(item)
+
+    def _deliver(self, event: Event) -> None:
+        with self._lock:
+            sinks, callbacks = list(self._sinks), list(self._callbacks)
+        for sink in sinks:
+            if id(sink) in self._disabled:
+                continue
+            method = getattr(sink, f"handle_{event.type}", None) or getattr(
+                sink, "handle_event", None)
+            if method is not None:
+                self._call(sink, method, event, f"{type(sink).__name__}.handle_{event.type}")
+        for event_type, fn in callbacks:
+            if event_type in (event.type, "*") and id(fn) not in self._disabled:
+                self._call(fn, fn, event, f"callback {getattr(fn, '__name__', fn)!r}")
+
+    def _each_sink(self, name: str) -> None:
+        for sink in list(self._sinks):
+            method = getattr(sink, name, None)
+            if method is not None and id(sink) not in self._disabled:
+                self._call(sink, method, None, f"{type(sink).__name__}.{name}")
+
+    def _call(self, owner: Any, fn: Callable, event: Event | None, what: str) -> None:
+        try:
+            fn() if event is None else fn(event)
+        except Exception as e:
+            self._disabled.add(id(owner))
+            where = f" on {event.type} at step {event.step}" if event is not None else ""
+            message = (f"jaxobs: {what} raised {type(e).__name__}: {e}{where}; it is disabled "
+                       "for the rest of the run (training goes on, events.jsonl is complete)")
+            self.errors.append(message + "\n" + traceback.format_exc(limit=3))
+            logger.warning(message)
+
+
+def now_ns() -> int:
+    return time.time_ns()

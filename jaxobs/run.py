@@ -1,0 +1,571 @@
+"""The live run: a crash-safe run directory, event dispatch, and reading a run back.
+
+A run directory ``<dir>/<project>/<run_id>/`` holds:
+
+- ``events.jsonl``: written ahead, one JSON object per line, each line flushed to the
+  operating system before `Run.log` returns (so a killed process loses nothing it logged)
+  and fsynced by `Run.finish` and when an exception or SIGTERM leaves a ``with run:`` block;
+- ``trainlog.json``: the `jaxobs.log.TrainLog` of the run, written by `Run.finish` (and
+  rebuilt from ``events.jsonl`` by `read_run` for a run that never finished);
+- ``artifacts/``: files the run attached (confusion matrices, ...).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import datetime as _dt
+import json
+import os
+import pathlib
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from jaxobs import _env, _jsonable
+from jaxobs.events import EVENT_LEVELS, CUSTOM_EVENT_LEVEL, Dispatcher, Event, Level, level_from_env
+from jaxobs.log import (
+    SCHEMA_VERSION,
+    Artifact,
+    ConfusionMatrix,
+    ExperimentLog,
+    RunInfo,
+    SchemaVersionError,
+    TrainLog,
+    TrainLogError,
+    _check_version,
+)
+
+__all__ = ["Run", "RunDirError", "RunDirWarning", "RunRecord", "Terminated", "active_run",
+           "init", "read_run"]
+
+EVENTS_FILE = "events.jsonl"
+TRAINLOG_FILE = "trainlog.json"
+EVENTS_FORMAT = "jaxobs.events"
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RunDirError(ValueError):
+    """A run directory or its events.jsonl cannot be read; the message says where and why."""
+
+
+class RunDirWarning(UserWarning):
+    """Something in a run directory was incomplete but everything else could be read."""
+
+
+class Terminated(SystemExit):
+    """Raised inside a ``with run:`` block when the process receives SIGTERM.
+
+    It derives from `SystemExit` (exit status 143, as for a process killed by SIGTERM) so that
+    ``finally`` blocks run and the run directory is completed and fsynced on the way out.
+    """
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
+
+
+_active: Run | None = None
+
+
+def active_run() -> Run | None:
+    """The run started last by `init` that has not finished, or None."""
+    return _active
+
+
+def _new_run_id() -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    return json.dumps(_jsonable.encode_tree(dict(record)), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":"))
+
+
+def init(
+    project: str,
+    name: str = "",
+    config: Mapping[str, Any] | Any = None,
+    dir: str | os.PathLike = "runs",
+    tags: Iterable[str] = (),
+    group: str = "",
+    id: str | None = None,
+    level: Level | str | None = None,
+    sinks: Iterable[Any] = (),
+    terminal: bool | None = None,
+    total_steps: int | None = None,
+    queue_size: int = 1024,
+) -> Run:
+    """Start a run that records into ``<dir>/<project>/<run_id>/``.
+
+    Args:
+      project: Project name; a folder under ``dir``.
+      name: Display name (default: the run id).
+      config: Hyperparameters: a mapping or a dataclass. Converted to JSON as described in
+        `jaxobs.log.RunInfo`; secret-looking keys are redacted.
+      dir: Root folder of run directories.
+      tags: Free-form tags.
+      group: Group or sweep name.
+      id: Run id (default: ``YYYYmmdd-HHMMSS-xxxxxx``). Letters, digits, ``.``, ``_``, ``-``.
+      level: Which events are recorded (default: ``JAXOBS_LEVEL``, else DETAILED).
+      sinks: Extra sinks (objects with ``handle_<event_type>`` methods).
+      terminal: Show the rich terminal display (default: yes). It stays quiet, except for
+        health alerts, when stdout is not a terminal.
+      total_steps: Expected number of steps, for the progress bar's ETA.
+      queue_size: Capacity of the sinks' queue (see `jaxobs.events` for the policy).
+
+    Returns:
+      The `Run`, also the active run (`active_run`) until it finishes. Use it as a context
+      manager to finish it (and fsync, and record the error) however the block ends.
+
+    Raises:
+      ValueError: a bad project, id or level, or a run directory that already exists.
+      jaxobs.ConfigError: a config value that cannot be stored, naming its key.
+    """
+    global _active
+    if not isinstance(project, str) or not project.strip() or "/" in project or "\\" in project:
+        raise ValueError(f"project must be a non-empty name without slashes, got {project!r}")
+    run_id = _new_run_id() if id is None else id
+    if not isinstance(run_id, str) or not _ID_RE.match(run_id):
+        raise ValueError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'")
+    if config is not None and not isinstance(config, Mapping):
+        config = _jsonable.to_config(config, "config")
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a mapping or a dataclass, got {type(config).__name__}")
+    info = RunInfo(project=project, name=name or run_id, run_id=run_id, group=group,
+                   tags=list(tags), config=dict(config or {}))
+    level = level_from_env() if level is None else Level.parse(level)
+    env = _env.snapshot()
+    primary = (env.get("jax") or {}).get("process_index", 0) == 0
+    all_sinks = list(sinks)
+    if primary and (terminal is None or terminal):
+        from jaxobs.sinks import TerminalSink
+
+        all_sinks.insert(0, TerminalSink(total_steps=total_steps))
+    run = Run(info, pathlib.Path(dir) / project / run_id, level=level, env=env,
+              sinks=all_sinks, queue_size=queue_size, enabled=primary, total_steps=total_steps)
+    _active = run
+    return run
+
+
+class Run:
+    """A live run. Create it with `jaxobs.init`.
+
+    Only process 0 of a multi-process JAX job writes: on other processes a run is disabled
+    (every method works and records nothing).
+    """
+
+    def __init__(self, info: RunInfo, directory: pathlib.Path, *, level: Level = Level.DETAILED,
+                 env: Mapping[str, Any] | None = None, sinks: Iterable[Any] = (),
+                 queue_size: int = 1024, enabled: bool = True, total_steps: int | None = None):
+        self.info = info
+        self.dir = pathlib.Path(directory)
+        self.level = level
+        self.enabled = enabled
+        self._lock = threading.RLock()
+        self._next_step = 0
+        self._finished = False
+        self._start = time.monotonic()
+        self._saved_sigterm: Any = None
+        self._file = None
+        self._dispatcher: Dispatcher | None = None
+        if not enabled:
+            return
+        if (self.dir / EVENTS_FILE).exists():
+            raise ValueError(f"run directory {self.dir} already holds a run; choose another id")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self._dispatcher = Dispatcher(sinks, maxsize=queue_size)
+        self._record("run_start", None, {
+            "schema_version": SCHEMA_VERSION, "format": EVENTS_FORMAT,
+            "run": info.to_json(), "env": dict(env or {}), "settings": {
+                "level": level.name, "total_steps": total_steps, "dir": str(self.dir)}})
+        self._fsync()
+        ref = weakref.ref(self)
+        self._atexit = lambda: (r := ref()) is not None and r._finish_at_exit()
+        atexit.register(self._atexit)
+
+    # -- properties
+
+    @property
+    def id(self) -> str:
+        return self.info.run_id
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's config (a copy; change it with `update_config`)."""
+        return json.loads(json.dumps(self.info.config))
+
+    @property
+    def step(self) -> int:
+        """The step that `log` uses when it is given none."""
+        return self._next_step
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def events_path(self) -> pathlib.Path:
+        return self.dir / EVENTS_FILE
+
+    @property
+    def trainlog_path(self) -> pathlib.Path:
+        return self.dir / TRAINLOG_FILE
+
+    # -- recording
+
+    def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
+        """Record scalar metrics at ``step``.
+
+        Values are converted to host floats (a jax array is waited for: log values that are
+        already on the host, or let `jaxobs.observe` deliver them). The record is on disk
+        (flushed to the OS) when this returns.
+
+        Args:
+          values: ``{"val/loss": 0.3, ...}``; keys are ``/``-joined metric names.
+          step: The training step (default: `step`, which then advances by one).
+
+        Raises:
+          TypeError: a value that is not a scalar, or a non-string key; names the metric.
+          RuntimeError: the run has finished.
+        """
+        if not isinstance(values, Mapping):
+            raise TypeError(f"run.log takes a mapping of metric names to numbers, got {values!r}")
+        converted = {}
+        for key, value in values.items():
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"metric names must be non-empty strings, got {key!r}")
+            converted[key] = _jsonable.scalar(value, key)
+        with self._lock:
+            self._check_open("log")
+            if step is None:
+                step = self._next_step
+            elif isinstance(step, bool) or not hasattr(step, "__index__") or step < 0:
+                raise TypeError(f"step must be a non-negative integer, got {step!r}")
+            step = int(step)
+            self._next_step = max(self._next_step, step + 1)
+            self._emit("metrics", step, {"values": converted}, Level.BASIC)
+
+    def emit(self, event_type: str, step: int | None = None, *, level: Level | str | None = None,
+             **data: Any) -> None:
+        """Record an event (``epoch_end``, ``train_start``, ``health_check`` or your own).
+
+        Args:
+          event_type: An identifier; sinks receive it in ``handle_<event_type>``.
+          step: The step it belongs to, if any.
+          level: Its level (default: the seed's level for known types, DETAILED otherwise).
+            Events above the run's level are not recorded.
+          **data: Payload; converted to JSON like a config (errors name the field).
+        """
+        if not isinstance(event_type, str) or not event_type.isidentifier():
+            raise ValueError(f"event type must be an identifier, got {event_type!r}")
+        if event_type in ("run_start", "run_end", "metrics", "artifact"):
+            raise ValueError(f"{event_type!r} is recorded by the run itself; use the Run methods")
+        lvl = Level.parse(level) if level is not None else EVENT_LEVELS.get(
+            event_type, CUSTOM_EVENT_LEVEL)
+        payload = _jsonable.to_config(data, event_type)
+        with self._lock:
+            self._check_open("emit")
+            self._emit(event_type, step, payload, lvl)
+
+    def add_artifact(self, artifact: Artifact | str, path: str | os.PathLike | None = None,
+                     kind: str = "", description: str = "") -> Artifact:
+        """Attach a file to the run (paths inside the run directory are stored relative)."""
+        if not isinstance(artifact, Artifact):
+            if path is None:
+                raise TypeError(f"add_artifact({artifact!r}) needs a path")
+            artifact = Artifact(artifact, os.fspath(path), kind, description)
+        p = pathlib.Path(artifact.path)
+        if p.is_absolute() and p.is_relative_to(self.dir.resolve()):
+            artifact = dataclasses.replace(artifact, path=str(p.relative_to(self.dir.resolve())))
+        with self._lock:
+            self._check_open("add_artifact")
+            self._emit("artifact", None, {"artifact": artifact.to_json()}, Level.BASIC)
+        return artifact
+
+    def log_confusion_matrix(self, name: str, matrix: ConfusionMatrix,
+                             step: int | None = None) -> Artifact:
+        """Write ``matrix`` to ``artifacts/<name>[-<step>].json`` and attach it."""
+        if not _ID_RE.match(name):
+            raise ValueError(f"artifact name {name!r} must be letters, digits, '.', '_' or '-'")
+        rel = pathlib.Path("artifacts") / (f"{name}-{step}.json" if step is not None else
+                                           f"{name}.json")
+        if self.enabled:
+            matrix.write_json(self.dir / rel)
+        return self.add_artifact(Artifact(name, str(rel), "confusion_matrix",
+                                          f"confusion matrix at step {step}"))
+
+    def add_note(self, text: str) -> None:
+        """Add a free-form note (stored in the TrainLog's notes)."""
+        with self._lock:
+            self._check_open("add_note")
+            self._emit("note", None, {"text": str(text)}, Level.BASIC)
+
+    def update_config(self, values: Mapping[str, Any]) -> None:
+        """Add or change config entries (recorded as a ``config_update`` event)."""
+        converted = _jsonable.to_config(dict(values), "config")
+        with self._lock:
+            self._check_open("update_config")
+            self.info.config.update(converted)
+            self._emit("config_update", None, {"config": converted}, Level.BASIC)
+
+    def add_sink(self, sink: Any) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.add_sink(sink)
+
+    def register_callback(self, event_type: str, fn: Callable[[Event], Any]) -> None:
+        """Call ``fn(event)`` on the worker thread for each event of that type (``"*"``: all)."""
+        if self._dispatcher is not None:
+            self._dispatcher.register_callback(event_type, fn)
+        elif not callable(fn):
+            raise TypeError(f"callback for {event_type!r} must be callable, got {fn!r}")
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until the sinks have handled every queued event."""
+        if self._dispatcher is not None:
+            self._dispatcher.flush(timeout_s)
+
+    # -- internals
+
+    def _check_open(self, what: str) -> None:
+        if self._finished:
+            raise RuntimeError(f"run.{what}() after the run {self.id!r} finished")
+
+    def _emit(self, event_type: str, step: int | None, data: dict[str, Any], level: Level) -> None:
+        if level > self.level or not self.enabled:
+            return
+        event = self._record(event_type, step, data, level)
+        self._dispatcher.submit(event)
+
+    def _record(self, event_type: str, step: int | None, data: dict[str, Any],
+                level: Level = Level.BASIC) -> Event:
+        event = Event(event_type, level, step, time.time_ns(), data)
+        self._file.write(_dumps(event.to_record()) + "\n")
+        self._file.flush()
+        return event
+
+    def _fsync(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    # -- ending
+
+    def finish(self, status: str = "finished", error: BaseException | None = None) -> pathlib.Path | None:
+        """End the run: record how it ended, fsync, close the sinks, write ``trainlog.json``.
+
+        Safe to call more than once. Returns the path of ``trainlog.json``.
+        """
+        global _active
+        with self._lock:
+            if self._finished:
+                return self.trainlog_path if self.enabled else None
+            self._finished = True
+        if _active is self:
+            _active = None
+        if not self.enabled:
+            return None
+        atexit.unregister(self._atexit)
+        end: dict[str, Any] = {"status": status, "duration_s": time.monotonic() - self._start,
+                               "last_step": self._next_step - 1 if self._next_step else None}
+        if error is not None:
+            end["error"] = {"type": type(error).__name__, "message": str(error),
+                            "traceback": "".join(traceback.format_exception(error))[-4000:]}
+        self._dispatcher.flush(10.0)
+        end["sink_errors"] = list(self._dispatcher.errors)
+        end["dropped_for_sinks"] = dict(self._dispatcher.dropped)
+        event = self._record("run_end", self._next_step - 1 if self._next_step else None, end)
+        self._fsync()
+        self._dispatcher.submit(event)
+        self._dispatcher.close()
+        self._file.close()
+        if self._dispatcher.dropped:
+            from jaxobs.events import logger
+
+            logger.warning("jaxobs: the sinks' queue was full; events skipped for sinks (all are "
+                           "in %s): %s", self.events_path, dict(self._dispatcher.dropped))
+        record = read_run(self.dir, _warn=False)
+        record.log.to_trainlog().write_json(self.trainlog_path)
+        return self.trainlog_path
+
+    def _finish_at_exit(self) -> None:
+        failed = getattr(sys, "last_value", None) is not None
+        self.finish("failed" if failed else "finished", getattr(sys, "last_value", None))
+
+    def __enter__(self) -> Run:
+        if threading.current_thread() is threading.main_thread():
+            def on_sigterm(signum, frame):
+                raise Terminated()
+
+            self._saved_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._saved_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._saved_sigterm)
+            self._saved_sigterm = None
+        if exc is None:
+            status = "finished"
+        elif isinstance(exc, Terminated):
+            status = "terminated"
+        elif isinstance(exc, KeyboardInterrupt):
+            status = "interrupted"
+        else:
+            status = "failed"
+        self.finish(status, exc)
+        return False
+
+    def __repr__(self) -> str:
+        state = "finished" if self._finished else "running"
+        return f"Run(project={self.info.project!r}, id={self.id!r}, dir='{self.dir}', {state})"
+
+
+# ----------------------------------------------------------------------------- reading back
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """A run directory read back (by `read_run`).
+
+    Attributes:
+      dir: The run directory.
+      info: Run metadata and config (with every ``config_update`` applied).
+      env: The environment snapshot taken at the start.
+      settings: The run's settings (level, total_steps).
+      status: ``finished``, ``failed``, ``interrupted``, ``terminated``, or ``incomplete``
+        when there is no ``run_end`` record (the run is still going, or was killed).
+      end: The ``run_end`` record, if any.
+      log: Metrics, artifacts and notes as an `ExperimentLog`.
+      events: Every record of ``events.jsonl`` in order (non-finite values decoded).
+      warnings: What was incomplete (e.g. a torn last line).
+    """
+
+    dir: pathlib.Path
+    info: RunInfo
+    env: dict[str, Any]
+    settings: dict[str, Any]
+    status: str
+    end: dict[str, Any] | None
+    log: ExperimentLog
+    events: list[dict[str, Any]]
+    warnings: list[str]
+
+    @property
+    def last_step(self) -> int | None:
+        """The largest step of any metric, or None."""
+        steps = [c.steps[-1] for c in self.log.history.curves.values() if c.steps]
+        return max(steps) if steps else None
+
+
+def _decode_record(value: Any) -> Any:
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+        return _jsonable.decode_float(value, "")
+    if isinstance(value, dict):
+        return {k: _decode_record(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_record(v) for v in value]
+    return value
+
+
+def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
+    """Read a run directory back from its ``events.jsonl``, finished or not.
+
+    A torn last line (the process was killed while writing it) is skipped with a
+    `RunDirWarning`; every complete line before it is kept.
+
+    Raises:
+      RunDirError: no ``events.jsonl``, a corrupt line before the last, or a first record
+        that is not ``run_start``; the message names the file and line.
+      SchemaVersionError: the run was written by a newer major version of jaxobs.
+    """
+    directory = pathlib.Path(directory)
+    path = directory / EVENTS_FILE
+    if not path.is_file():
+        hint = ""
+        if directory.is_dir():
+            runs = sorted(p.name for p in directory.iterdir() if (p / EVENTS_FILE).is_file())
+            if runs:
+                hint = f"; it holds runs: {', '.join(runs[:5])}" + (" ..." if len(runs) > 5 else "")
+        raise RunDirError(f"{directory}: not a jaxobs run directory (no {EVENTS_FILE}){hint}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    problems: list[str] = []
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+                raise ValueError("not an event object")
+        except (ValueError, UnicodeDecodeError) as e:
+            torn = number == len(lines) and not raw.endswith(b"\n")
+            if torn:
+                problems.append(f"{path}:{number}: the last line is incomplete (the process was "
+                                f"killed while writing it); ignored, {len(records)} records kept")
+                break
+            raise RunDirError(f"{path}:{number}: corrupt record ({e}); expected one JSON object "
+                              "per line with an 'event' field") from None
+        records.append(_decode_record(record))
+    if not records or records[0]["event"] != "run_start":
+        raise RunDirError(f"{path}:1: expected a run_start record first")
+    start = records[0]
+    try:
+        _check_version(start, str(path), "run")
+        info = RunInfo.from_json(start.get("run", {}), "run", f"{path}:1")
+    except SchemaVersionError:
+        raise
+    except (TrainLogError, TypeError, ValueError) as e:
+        raise RunDirError(f"{path}:1: bad run_start record: {e}") from None
+    exp = ExperimentLog(run=info)
+    end = None
+    for number, rec in enumerate(records[1:], start=2):
+        kind = rec["event"]
+        try:
+            if kind == "metrics":
+                for key, value in rec["values"].items():
+                    exp.history.log(key, value, rec["step"])
+            elif kind == "artifact":
+                exp.add_artifact(Artifact.from_json(rec["artifact"], "artifact", f"{path}:{number}"))
+            elif kind == "note":
+                exp.notes.append(str(rec["text"]))
+            elif kind == "config_update":
+                info.config.update(rec["config"])
+            elif kind == "run_end":
+                end = rec
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise RunDirError(f"{path}:{number}: bad {kind} record ({type(e).__name__}: {e})"
+                              ) from None
+    if end is None:
+        problems.append(f"{path}: no run_end record: the run is still going or was killed; "
+                        f"read up to step {max((c.steps[-1] for c in exp.history.curves.values() if c.steps), default=None)}")
+    if _warn:
+        for problem in problems:
+            if "incomplete" in problem:
+                warnings.warn(problem, RunDirWarning, stacklevel=2)
+    return RunRecord(dir=directory, info=info, env=start.get("env", {}),
+                     settings=start.get("settings", {}),
+                     status=end["status"] if end else "incomplete", end=end, log=exp,
+                     events=records, warnings=problems)
+
+
+def load_trainlog(path: str | os.PathLike) -> tuple[TrainLog, RunRecord | None]:
+    """A TrainLog from a run directory (its events, which are complete even after a crash) or
+    from a TrainLog JSON file; the `RunRecord` too when it came from a run directory."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        record = read_run(path)
+        return record.log.to_trainlog(), record
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return TrainLog.read_json(path), None

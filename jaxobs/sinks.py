@@ -1,0 +1,142 @@
+"""Local sinks. A sink is any object with ``handle_<event_type>(event)`` methods."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from jaxobs.events import Event
+
+__all__ = ["TerminalSink", "format_value"]
+
+_SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "danger": "bold red",
+                   "critical": "bold white on red"}
+
+
+def format_value(x: float) -> str:
+    """A metric value in at most ~8 characters."""
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0 or 1e-3 <= abs(x) < 1e5:
+        return f"{x:.4g}"
+    return f"{x:.3e}"
+
+
+class TerminalSink:
+    """A rich progress display: a bar with steps/s and ETA, the latest metrics, and health
+    alerts in colour.
+
+    When the console is not a terminal (output piped to a file, CI) it is quiet: no bar and
+    no metrics, only health alerts of severity warning and above, one plain line each.
+
+    Args:
+      total_steps: Number of steps for the bar and ETA (also read from a ``train_start``
+        event's ``total_steps``).
+      keys: Metric names to show (default: up to ``max_keys`` names starting with
+        ``train/`` or ``val/``, else the first logged).
+      console: A `rich.console.Console` (default: one on stdout).
+      max_keys: How many metrics the line shows.
+    """
+
+    def __init__(self, total_steps: int | None = None, keys: list[str] | None = None,
+                 console: Any = None, max_keys: int = 4):
+        from rich.console import Console
+
+        self.console = console if console is not None else Console(file=sys.stdout)
+        self.total_steps = total_steps
+        self.keys = list(keys) if keys else None
+        self.max_keys = max_keys
+        self.latest: dict[str, float] = {}
+        self._progress = None
+        self._task = None
+
+    @property
+    def live(self) -> bool:
+        return bool(self.console.is_terminal)
+
+    def _ensure_bar(self) -> None:
+        if self._progress is not None or not self.live:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
+            console=self.console, refresh_per_second=4, transient=False)
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=self.total_steps, rate="",
+                                             metrics="")
+
+    def handle_run_start(self, event: Event) -> None:
+        run = event.data.get("run", {})
+        if self.total_steps is None:
+            self.total_steps = event.data.get("settings", {}).get("total_steps")
+        if self.live:
+            self.console.print(f"[bold]jaxobs[/] run [cyan]{run.get('project')}/"
+                               f"{run.get('run_id')}[/] -> {event.data['settings']['dir']}")
+
+    def handle_train_start(self, event: Event) -> None:
+        total = event.data.get("total_steps")
+        if total:
+            self.total_steps = int(total)
+            if self._progress is not None:
+                self._progress.update(self._task, total=self.total_steps)
+
+    def handle_metrics(self, event: Event) -> None:
+        self.latest.update(event.metrics)
+        if not self.live:
+            return
+        self._ensure_bar()
+        task = self._progress.tasks[0]
+        speed = task.speed
+        self._progress.update(self._task, completed=(event.step or 0) + 1,
+                              rate=f"{speed:.1f} steps/s" if speed else "",
+                              metrics=self._metrics_text())
+
+    def _metrics_text(self) -> str:
+        keys = self.keys
+        if keys is None:
+            preferred = [k for k in self.latest if k.startswith(("train/", "val/"))]
+            keys = (preferred or list(self.latest))[: self.max_keys]
+        return "  ".join(f"{k}={format_value(self.latest[k])}" for k in keys if k in self.latest)
+
+    def handle_epoch_end(self, event: Event) -> None:
+        if not self.live:
+            return
+        metrics = "  ".join(f"{k}={format_value(float(v))}" for k, v in event.metrics.items())
+        self._print(f"epoch {event.epoch} (step {event.step}): {metrics}")
+
+    def handle_health_check(self, event: Event) -> None:
+        severity = str(event.severity or "info").lower()
+        text = f"[{severity.upper()}] step {event.step}: {event.message or event.data}"
+        if self.live:
+            style = _SEVERITY_STYLE.get(severity, "")
+            self._print(f"[{style}]{_escape(text)}[/]" if style else _escape(text))
+        elif severity in ("warning", "danger", "critical"):
+            print(f"jaxobs: {text}", file=self.console.file, flush=True)
+
+    def _print(self, text: str) -> None:
+        (self._progress.console if self._progress is not None else self.console).print(text)
+
+    def handle_run_end(self, event: Event) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self.live:
+            status = event.data.get("status")
+            style = "green" if status == "finished" else "red"
+            self.console.print(f"[bold]jaxobs[/] run [{style}]{status}[/] at step {event.step}")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

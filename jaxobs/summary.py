@@ -1,0 +1,65 @@
+"""Last and best values of every metric of a `TrainLog`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+from jaxobs.log import TrainLog
+
+__all__ = ["MetricSummary", "direction", "summarize"]
+
+_MIN_WORDS = {"loss", "error", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "cer",
+              "wer", "time", "latency", "regret"}
+_MAX_WORDS = {"accuracy", "acc", "f1", "precision", "recall", "auc", "auroc", "score",
+              "reward", "return", "bleu", "rouge", "iou", "map", "r2"}
+
+
+def direction(name: str) -> str | None:
+    """``"min"`` or ``"max"`` when the metric's name says which is better, else None.
+
+    The last segment of the name decides (``val/loss`` -> min, ``val/accuracy`` -> max,
+    ``perf/step_time_s`` -> min); statistics such as ``grads/.../norm`` have no direction.
+    """
+    last = name.rsplit("/", 1)[-1].lower()
+    words = set(re.split(r"[^a-z0-9]+", last))
+    if words & _MIN_WORDS:
+        return "min"
+    if words & _MAX_WORDS:
+        return "max"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSummary:
+    """One metric in a few numbers. ``best`` follows `direction`; NaN values never win."""
+
+    name: str
+    count: int
+    last: float
+    last_step: int
+    direction: str | None
+    best: float | None
+    best_step: int | None
+    nonfinite: int
+
+
+def summarize(log: TrainLog) -> list[MetricSummary]:
+    """One `MetricSummary` per series that has values, in the log's order."""
+    out = []
+    for series in log.series:
+        if not series.values:
+            continue
+        steps = log.steps_of(series)
+        how = direction(series.name)
+        best = best_step = None
+        finite = [(v, s) for v, s in zip(series.values, steps) if not math.isnan(v)]
+        if how is not None and finite:
+            pick = min if how == "min" else max
+            best, best_step = pick(finite, key=lambda vs: vs[0])
+        out.append(MetricSummary(
+            name=series.name, count=len(series.values), last=series.values[-1],
+            last_step=steps[-1], direction=how, best=best, best_step=best_step,
+            nonfinite=sum(not math.isfinite(v) for v in series.values)))
+    return out
