@@ -14,8 +14,16 @@ from typing import Any
 from jaxobs._jsonable import collect_env
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jaxobs")
-ENV_PREFIXES = ("JAX_", "XLA_", "JAXOBS_", "WANDB_", "CUDA_VISIBLE_DEVICES", "TPU_",
-                "NVIDIA_VISIBLE_DEVICES", "SLURM_JOB_ID")
+ENV_PREFIXES = (
+    "JAX_",
+    "XLA_",
+    "JAXOBS_",
+    "WANDB_",
+    "CUDA_VISIBLE_DEVICES",
+    "TPU_",
+    "NVIDIA_VISIBLE_DEVICES",
+    "SLURM_JOB_ID",
+)
 
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
@@ -33,8 +41,9 @@ def git_state(cwd: str | None = None) -> dict[str, Any] | None:
     """Commit and dirtiness of the git checkout holding ``cwd``, or None outside one."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import itertools
 import math
 import os
 import pathlib
@@ -42,7 +43,12 @@ def decode_float(v: Any, where: str) -> float:
     if isinstance(v, bool):
         raise ValueError(f"{where}: expected a number, got a boolean ({v!r})")
     if isinstance(v, (int, float)):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError(
+                f"{where}: the integer {str(v)[:20]}... is too large for a float"
+            ) from None
     if isinstance(v, str) and v in _SENTINELS:
         return _SENTINELS[v]
     raise ValueError(
@@ -63,27 +69,55 @@ def encode_tree(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------- secrets
 
-_SECRET_WORDS = {"password", "passwd", "pwd", "secret", "token", "apikey", "credential",
-                 "credentials", "passphrase"}
-_SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key")}
+_SECRET_WORDS = {
+    "passwords",
+    "secrets",
+    "apikeys",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+    "credential",
+    "credentials",
+    "passphrase",
+}
+_SECRET_PAIRS = {
+    ("api", "key"),
+    ("private", "key"),
+    ("access", "key"),
+    ("secret", "key"),
+    ("api", "keys"),
+    ("private", "keys"),
+    ("access", "keys"),
+}
 
 
 def _words(key: str) -> list[str]:
-    # "wandbApiKey" -> wandb, api, key; "HF_TOKEN" -> hf, token; "max_tokens" -> max, tokens.
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key)
+    # "wandbApiKey" -> wandb api key; "HFToken" -> hf token; "max_tokens" -> max tokens.
+    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", key)
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", spaced)
     return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
 
 
 def looks_secret(key: str) -> bool:
     """Whether a config or environment key names a secret (api_key, token, password, ...).
 
-    Matching is by whole words of the key, so ``HF_TOKEN`` and ``wandbApiKey`` are secrets
-    while ``max_tokens`` and ``tokenizer`` are not.
+    A key is split into words (at ``_``, ``-``, ``.``, and camelCase/acronym boundaries). It is
+    a secret when a word is one of password, passwd, pwd, passphrase, secret, token, apikey,
+    credential(s), or two neighbouring words are api/private/access/secret + key, or the key
+    with its separators removed contains "apikey", "password" or "passwd" (so
+    ``OpenAIAPIKey`` counts). ``HF_TOKEN``, ``wandbApiKey`` and ``db_password`` are secrets;
+    ``max_tokens``, ``tokenizer`` and ``secretary`` are not.
     """
     words = _words(key)
     if any(w in _SECRET_WORDS for w in words):
         return True
-    return any(pair in _SECRET_PAIRS for pair in zip(words, words[1:]))
+    if any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words)):
+        return True
+    squashed = "".join(words)
+    return any(part in squashed for part in ("apikey", "password", "passwd"))
 
 
 def redact_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -99,10 +133,10 @@ class ConfigError(TypeError):
 
 
 def _key_str(key: Any, path: str) -> str:
+    if isinstance(key, enum.Enum):  # a str-valued enum key gives its value, others their name
+        return str(key.value) if isinstance(key.value, str) else str(key.name)
     if isinstance(key, str):
-        return key
-    if isinstance(key, enum.Enum):
-        return str(key.name)
+        return str(key)
     if isinstance(key, (bool, np.bool_)):
         return "true" if key else "false"
     if isinstance(key, (int, np.integer)):
@@ -135,19 +169,22 @@ def to_config(value: Any, path: str = "config") -> Any:
     - A value under a key that looks like a secret (``api_key``, ``token``, ``password``,
       ``secret``) is replaced by ``"<redacted>"``.
     """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, enum.Enum):
+    if isinstance(value, enum.Enum):  # first: str- and int-mixin enums are str/int too
         inner = value.value
         if inner is None or isinstance(inner, (bool, int, float, str)):
             return to_config(inner, path)
         return value.name
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
     if isinstance(value, np.generic):
-        return to_config(value.item(), path)
+        numeric = _numeric(np.asarray(value))
+        return to_config(value.item() if numeric is None else numeric.item(), path)
     if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
         return np.dtype(value).name
     if isinstance(value, pathlib.PurePath):
@@ -182,9 +219,10 @@ def to_config(value: Any, path: str = "config") -> Any:
                 f"{path}: an array of shape {arr.shape} ({arr.size} elements) is too large for "
                 f"the run config (at most {MAX_CONFIG_ARRAY_SIZE}); log it as an artifact instead"
             )
-        if arr.dtype.kind not in "biuf":
+        numeric = _numeric(arr)
+        if numeric is None:
             raise ConfigError(f"{path}: arrays of dtype {arr.dtype} cannot be stored in a config")
-        return arr.tolist()
+        return numeric.tolist()
     dtype_name = _dtype_name(value)
     if dtype_name is not None:
         return dtype_name
@@ -196,9 +234,24 @@ def to_config(value: Any, path: str = "config") -> Any:
 
 
 def _convert_item(key: str, value: Any, path: str) -> Any:
-    if looks_secret(key) and value not in (None, ""):
+    if looks_secret(key) and not (value is None or (isinstance(value, str) and not value)):
         return REDACTED
     return to_config(value, _join(path, key))
+
+
+def _numeric(arr: np.ndarray) -> np.ndarray | None:
+    """``arr`` as a NumPy numeric array, or None. ml_dtypes floats (bfloat16, float8_*),
+    which jax uses and NumPy sees as kind 'V', are widened to float64."""
+    if arr.dtype.kind in "biuf":
+        return arr
+    if arr.dtype.kind == "V" and type(arr.dtype).__module__.startswith("ml_dtypes"):
+        return arr.astype(np.float64)
+    if arr.dtype.kind == "V":
+        try:  # other registered float extension types
+            return arr.astype(np.float64)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def _is_array(value: Any) -> bool:
@@ -230,9 +283,10 @@ def scalar(value: Any, name: str) -> float:
                 f"metric {name!r}: expected a scalar, got an array of shape {arr.shape}; "
                 "reduce it first (e.g. .mean()) or log each element under its own name"
             )
-        if arr.dtype.kind not in "biuf":
+        numeric = _numeric(arr)
+        if numeric is None:
             raise TypeError(f"metric {name!r}: expected a number, got dtype {arr.dtype}")
-        return float(arr.reshape(()))
+        return float(numeric.reshape(()))
     raise TypeError(f"metric {name!r}: expected a number, got {type(value).__name__}: {value!r}")
 
 

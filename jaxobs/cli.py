@@ -28,8 +28,12 @@ EXIT_USAGE = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one line, exit 2
-        self.exit(EXIT_USAGE, f"jaxobs: error: {message} (see jaxobs {self.prog.split()[-1]} -h)\n"
-                  if " " in self.prog else f"jaxobs: error: {message} (see jaxobs -h)\n")
+        self.exit(
+            EXIT_USAGE,
+            f"jaxobs: error: {message} (see jaxobs {self.prog.split()[-1]} -h)\n"
+            if " " in self.prog
+            else f"jaxobs: error: {message} (see jaxobs -h)\n",
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,8 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     show = sub.add_parser("show", help="summary of a run: metadata, config, last/best values")
     show.add_argument("run", help="run directory or TrainLog JSON file")
-    show.add_argument("--all", action="store_true",
-                      help="show every metric (default: at most 40, per-layer statistics last)")
+    show.add_argument(
+        "--all",
+        action="store_true",
+        help="show every metric (default: at most 40, per-layer statistics last)",
+    )
     export = sub.add_parser("export", help="write the run's metrics as json or csv")
     export.add_argument("run", help="run directory or TrainLog JSON file")
     export.add_argument("--format", choices=("json", "csv"), default="json")
@@ -82,7 +89,7 @@ def _to_csv(log: TrainLog) -> str:
     all_steps: set[int] = set()
     for series in log.series:
         steps = log.steps_of(series)
-        columns[series.name] = dict(zip(steps, series.values))
+        columns[series.name] = dict(zip(steps, series.values, strict=True))
         all_steps.update(steps)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -102,6 +109,8 @@ def _show(log: TrainLog, record, show_all: bool) -> None:
     from jaxobs.sinks import format_value
 
     console = Console()
+    if not console.is_terminal:  # piped or redirected: do not squeeze into 80 columns
+        console = Console(width=160)
     run = log.run
     meta = Table.grid(padding=(0, 2))
     meta.add_column(style="bold")
@@ -150,13 +159,20 @@ def _show(log: TrainLog, record, show_all: bool) -> None:
     summaries.sort(key=lambda s: s.name.startswith(_STAT_PREFIXES))
     shown = summaries if show_all else summaries[:40]
     table = Table(title="metrics", title_justify="left")
-    for col in ("metric", "last", "at step", "best", "at step", "values"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+    table.add_column("metric", no_wrap=True, overflow="fold")
+    for col in ("last", "at step", "best", "at step", "n", "non-finite"):
+        table.add_column(col, justify="right", no_wrap=True)
     for s in shown:
         best = "" if s.best is None else f"{format_value(s.best)} ({s.direction})"
-        count = f"{s.count}" + (f" [red]({s.nonfinite} non-finite)[/]" if s.nonfinite else "")
-        table.add_row(s.name, format_value(s.last), str(s.last_step), best,
-                      "" if s.best_step is None else str(s.best_step), count)
+        table.add_row(
+            s.name,
+            format_value(s.last),
+            str(s.last_step),
+            best,
+            "" if s.best_step is None else str(s.best_step),
+            str(s.count),
+            f"[red]{s.nonfinite}[/]" if s.nonfinite else "",
+        )
     console.print(table)
     if len(shown) < len(summaries):
         console.print(f"... {len(summaries) - len(shown)} more metrics (--all shows them)")

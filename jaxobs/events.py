@@ -98,8 +98,17 @@ EVENT_LEVELS: dict[str, Level] = {
 }
 CUSTOM_EVENT_LEVEL = Level.DETAILED
 
-_STREAM_TYPES = frozenset({"metrics", "batch_start", "batch_end", "layer_forward",
-                           "layer_backward", "gradient_computed", "weight_updated"})
+_STREAM_TYPES = frozenset(
+    {
+        "metrics",
+        "batch_start",
+        "batch_end",
+        "layer_forward",
+        "layer_backward",
+        "gradient_computed",
+        "weight_updated",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +256,8 @@ class Dispatcher:
             if id(sink) in self._disabled:
                 continue
             method = getattr(sink, f"handle_{event.type}", None) or getattr(
-                sink, "handle_event", None)
+                sink, "handle_event", None
+            )
             if method is not None:
                 self._call(sink, method, event, f"{type(sink).__name__}.handle_{event.type}")
         for event_type, fn in callbacks:
@@ -266,8 +276,10 @@ class Dispatcher:
         except Exception as e:
             self._disabled.add(id(owner))
             where = f" on {event.type} at step {event.step}" if event is not None else ""
-            message = (f"jaxobs: {what} raised {type(e).__name__}: {e}{where}; it is disabled "
-                       "for the rest of the run (training goes on, events.jsonl is complete)")
+            message = (
+                f"jaxobs: {what} raised {type(e).__name__}: {e}{where}; it is disabled "
+                "for the rest of the run (training goes on, events.jsonl is complete)"
+            )
             self.errors.append(message + "\n" + traceback.format_exc(limit=3))
             logger.warning(message)
 

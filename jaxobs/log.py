@@ -25,6 +25,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -78,12 +79,15 @@ class _Reader:
 
     def __init__(self, data: Any, where: str, source: str):
         if not isinstance(data, dict):
-            raise TrainLogError(f"{source}: {where}: expected an object, got {_kind(data)}")
+            name = where.rstrip(".") or "top level"
+            raise TrainLogError(f"{source}: {name}: expected an object, got {_kind(data)}")
         self.data, self.where, self.source = data, where, source
         self.seen: set[str] = set()
 
     def _fail(self, key: str, expected: str, got: Any) -> TrainLogError:
-        return TrainLogError(f"{self.source}: {self.where}{key}: expected {expected}, got {_kind(got)}")
+        return TrainLogError(
+            f"{self.source}: {self.where}{key}: expected {expected}, got {_kind(got)}"
+        )
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any, expected: str) -> Any:
         self.seen.add(key)
@@ -92,7 +96,7 @@ class _Reader:
                 raise TrainLogError(f"{self.source}: {self.where}{key}: required field is missing")
             return default() if callable(default) else default
         value = self.data[key]
-        if not isinstance(value, kind) or isinstance(value, bool) and bool not in _tuple(kind):
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
             raise self._fail(key, expected, value)
         return value
 
@@ -123,6 +127,16 @@ class _Reader:
         except ValueError as e:
             raise TrainLogError(str(e)) from None
 
+    def build(self, cls: type, **fields: Any) -> Any:
+        """``cls(**fields, extra=<unread keys>)``; a constructor error names this object."""
+        try:
+            return cls(**fields, extra=self.rest())
+        except TrainLogError:
+            raise
+        except (TypeError, ValueError) as e:
+            name = self.where.rstrip(".") or "top level"
+            raise TrainLogError(f"{self.source}: {name}: {e}") from None
+
     def rest(self) -> dict[str, Any]:
         """The keys no accessor asked for: kept as they are, written back unchanged."""
         return {k: v for k, v in self.data.items() if k not in self.seen}
@@ -136,8 +150,15 @@ def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-             int: "an integer", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+    }
     return f"{names.get(type(value), type(value).__name__)} ({_short(value)})"
 
 
@@ -150,7 +171,7 @@ def _check_version(data: Any, source: str, what: str) -> str:
     if not isinstance(data, dict):
         raise TrainLogError(f"{source}: expected a JSON object at the top level, got {_kind(data)}")
     version = data.get("schema_version", SCHEMA_VERSION)
-    if not isinstance(version, str) or not version.split(".")[0].isdigit():
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]+(\.[0-9]+)*", version):
         raise TrainLogError(
             f'{source}: schema_version: expected a string like "1.0", got {_kind(version)}'
         )
@@ -172,7 +193,9 @@ def _load_json_file(path: PathLike) -> Any:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
     except UnicodeDecodeError as e:
-        raise TrainLogError(f"{path}: not UTF-8 text (byte {e.start}); expected a JSON file") from None
+        raise TrainLogError(
+            f"{path}: not UTF-8 text (byte {e.start}); expected a JSON file"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -184,13 +207,21 @@ def _load_json_file(path: PathLike) -> Any:
 def _write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
     """Write via a temporary file and rename, so a reader never sees half a file."""
     path = pathlib.Path(path)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start : e.end].encode("unicode_escape").decode()
+        raise ValueError(f"{path}: cannot write {bad!r} as UTF-8 (a lone surrogate?)") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -268,14 +299,19 @@ class Series(_JsonEq):
         out["values"] = [encode_float(v) for v in self.values]
         if self.color:
             out["color"] = self.color
-        out.update(self.extra)
+        out.update(_jsonable.encode_tree(self.extra))
         return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = "series", source: str = "<data>") -> Series:
         r = _Reader(data, f"{where}.", source)
-        return cls(name=r.str("name", _REQUIRED), values=r.floats("values"),
-                   steps=r.ints("steps", None), color=r.str("color"), extra=r.rest())
+        return r.build(
+            cls,
+            name=r.str("name", _REQUIRED),
+            values=r.floats("values"),
+            steps=r.ints("steps", None),
+            color=r.str("color"),
+        )
 
 
 @dataclasses.dataclass(eq=False)
@@ -293,6 +329,7 @@ class Curve(_JsonEq):
     steps: list[int] = dataclasses.field(default_factory=list)
     values: list[float] = dataclasses.field(default_factory=list)
     color: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.steps = _as_steps(self.steps, f"curve {self.name!r}") or []
@@ -317,15 +354,18 @@ class Curve(_JsonEq):
         self.steps.append(step)
 
     def to_series(self) -> Series:
-        return Series(self.name, list(self.values), list(self.steps), self.color)
+        return Series(self.name, list(self.values), list(self.steps), self.color, dict(self.extra))
 
     def to_json(self) -> dict[str, Any]:
         return self.to_series().to_json()
 
     def to_trainlog(self, title: str = "") -> TrainLog:
         """A one-series `TrainLog`, titled ``title`` (default: the curve's name)."""
-        return TrainLog(title=title or self.name, steps=list(self.steps),
-                        series=[Series(self.name, list(self.values), color=self.color)])
+        return TrainLog(
+            title=title or self.name,
+            steps=list(self.steps),
+            series=[Series(self.name, list(self.values), color=self.color)],
+        )
 
 
 # ----------------------------------------------------------------------------- MetricHistory
@@ -341,8 +381,10 @@ class MetricHistory(_JsonEq):
 
     Example:
       >>> h = MetricHistory(["loss", "accuracy"])
-      >>> h.append([0.9, 0.5])
+      >>> h.append([0.9, 0.5])  # returns the step used
+      0
       >>> h.append({"loss": 0.7, "accuracy": 0.6}, step=1)
+      1
       >>> h.curves["loss"].values
       [0.9, 0.7]
     """
@@ -387,7 +429,10 @@ class MetricHistory(_JsonEq):
                     f"row at step {step} has {len(values)} values but the history has "
                     f"{len(self.curves)} metrics {self.names}; pass a dict to log a subset"
                 )
-            row = dict(zip(self.curves, values))
+            row = dict(zip(self.curves, values, strict=True))
+        for name in row:  # validate the whole row before changing anything
+            if not name:
+                raise ValueError(f"row at step {step}: metric names must be non-empty strings")
         converted = {name: _jsonable.scalar(v, name) for name, v in row.items()}
         for name, value in converted.items():
             self.add_metric(name).append(value, step)
@@ -405,7 +450,7 @@ class MetricHistory(_JsonEq):
         curves = list(self.curves.values())
         if curves and all(c.steps == curves[0].steps for c in curves):
             return list(curves[0].steps), [
-                Series(c.name, list(c.values), color=c.color) for c in curves
+                Series(c.name, list(c.values), color=c.color, extra=dict(c.extra)) for c in curves
             ]
         return [], [c.to_series() for c in curves]
 
@@ -421,9 +466,14 @@ class MetricHistory(_JsonEq):
         """Rebuild a history from stored series (the inverse of `to_series`)."""
         history = cls()
         for s in series:
-            s_steps = s.steps if s.steps is not None else (
-                list(steps) if steps else list(range(len(s.values))))
-            history.curves[s.name] = Curve(s.name, list(s_steps), list(s.values), s.color)
+            s_steps = (
+                s.steps
+                if s.steps is not None
+                else (list(steps) if steps else list(range(len(s.values))))
+            )
+            history.curves[s.name] = Curve(
+                s.name, list(s_steps), list(s.values), s.color, dict(s.extra)
+            )
         return history
 
 
@@ -467,28 +517,32 @@ class RunInfo(_JsonEq):
         self.config = config
 
     def to_json(self) -> dict[str, Any]:
-        out = {"project": self.project, "name": self.name, "run_id": self.run_id,
-               "group": self.group, "tags": list(self.tags),
-               "config": _jsonable.encode_tree(self.config)}
-        out.update(self.extra)
+        out = {
+            "project": self.project,
+            "name": self.name,
+            "run_id": self.run_id,
+            "group": self.group,
+            "tags": list(self.tags),
+            "config": _jsonable.encode_tree(self.config),
+        }
+        out.update(_jsonable.encode_tree(self.extra))
         return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = "run", source: str = "<data>") -> RunInfo:
         r = _Reader(data, f"{where}.", source)
-        config = _decode_tree(r.get("config", dict, dict, "an object"))
-        return cls(project=r.str("project"), name=r.str("name"), run_id=r.str("run_id"),
-                   group=r.str("group"), tags=r.strs("tags"), config=config, extra=r.rest())
-
-
-def _decode_tree(value: Any) -> Any:
-    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-        return decode_float(value, "")
-    if isinstance(value, dict):
-        return {k: _decode_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_tree(v) for v in value]
-    return value
+        # Config is free-form JSON: its strings stay strings (a non-finite float in a config
+        # is written as its sentinel string and read back as that string).
+        config = r.get("config", dict, dict, "an object")
+        return r.build(
+            cls,
+            project=r.str("project"),
+            name=r.str("name"),
+            run_id=r.str("run_id"),
+            group=r.str("group"),
+            tags=r.strs("tags"),
+            config=config,
+        )
 
 
 @dataclasses.dataclass(eq=False)
@@ -520,14 +574,19 @@ class Artifact(_JsonEq):
             out["kind"] = self.kind
         if self.description:
             out["description"] = self.description
-        out.update(self.extra)
+        out.update(_jsonable.encode_tree(self.extra))
         return out
 
     @classmethod
     def from_json(cls, data: Any, where: str = "artifact", source: str = "<data>") -> Artifact:
         r = _Reader(data, f"{where}.", source)
-        return cls(name=r.str("name", _REQUIRED), path=r.str("path", _REQUIRED),
-                   kind=r.str("kind"), description=r.str("description"), extra=r.rest())
+        return r.build(
+            cls,
+            name=r.str("name", _REQUIRED),
+            path=r.str("path", _REQUIRED),
+            kind=r.str("kind"),
+            description=r.str("description"),
+        )
 
 
 # ----------------------------------------------------------------------------- TrainLog
@@ -565,6 +624,10 @@ class TrainLog(_JsonEq):
     def __post_init__(self):
         self.steps = _as_steps(self.steps, "TrainLog") or []
         self.series = list(self.series)
+        if isinstance(self.notes, str):
+            raise TypeError(
+                f"TrainLog.notes must be a list of strings, got the string {self.notes!r}"
+            )
         self.notes = [str(n) for n in self.notes]
         self.artifacts = list(self.artifacts)
         names = [s.name for s in self.series]
@@ -579,11 +642,13 @@ class TrainLog(_JsonEq):
                 )
 
     @classmethod
-    def two_point(cls, initial_loss: float, final_loss: float, steps: int,
-                  title: str = "loss") -> TrainLog:
+    def two_point(
+        cls, initial_loss: float, final_loss: float, steps: int, title: str = "loss"
+    ) -> TrainLog:
         """A two-point loss log: the loss at step 0 and after ``steps`` updates."""
-        return cls(title=title, steps=[0, int(steps)],
-                   series=[Series("loss", [initial_loss, final_loss])])
+        return cls(
+            title=title, steps=[0, int(steps)], series=[Series("loss", [initial_loss, final_loss])]
+        )
 
     @property
     def names(self) -> list[str]:
@@ -605,15 +670,18 @@ class TrainLog(_JsonEq):
     # -- codec
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schema_version": self.schema_version, "format": TRAINLOG_FORMAT,
-                               "title": self.title}
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "format": TRAINLOG_FORMAT,
+            "title": self.title,
+        }
         if self.run is not None:
             out["run"] = self.run.to_json()
         out["steps"] = list(self.steps)
         out["series"] = [s.to_json() for s in self.series]
         out["notes"] = list(self.notes)
         out["artifacts"] = [a.to_json() for a in self.artifacts]
-        out.update(self.extra)
+        out.update(_jsonable.encode_tree(self.extra))
         return out
 
     @classmethod
@@ -637,12 +705,15 @@ class TrainLog(_JsonEq):
             return cls(
                 title=r.str("title"),
                 steps=r.ints("steps"),
-                series=[Series.from_json(s, f"series[{i}]", source)
-                        for i, s in enumerate(series_data)],
+                series=[
+                    Series.from_json(s, f"series[{i}]", source) for i, s in enumerate(series_data)
+                ],
                 notes=r.strs("notes"),
                 run=None if run_data is None else RunInfo.from_json(run_data, "run", source),
-                artifacts=[Artifact.from_json(a, f"artifacts[{i}]", source)
-                           for i, a in enumerate(artifacts)],
+                artifacts=[
+                    Artifact.from_json(a, f"artifacts[{i}]", source)
+                    for i, a in enumerate(artifacts)
+                ],
                 schema_version=version,
                 extra=r.rest(),
             )
@@ -668,7 +739,9 @@ class TrainLog(_JsonEq):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise TrainLogError(f"{source}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+            raise TrainLogError(
+                f"{source}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})"
+            ) from None
         return cls.from_json(data, source)
 
     def write_json(self, path: PathLike) -> pathlib.Path:
@@ -690,8 +763,10 @@ class ExperimentLog(_JsonEq):
 
     Example:
       >>> exp = ExperimentLog(run=RunInfo(project="digits", name="cnn", config={"lr": 0.05}))
-      >>> exp.log_metric("train/loss", 2.3)
+      >>> exp.log_metric("train/loss", 2.3)  # returns the step used
+      0
       >>> exp.log_row({"val/loss": 2.1, "val/accuracy": 0.2}, step=0)
+      0
       >>> exp.to_trainlog().title
       'cnn'
     """
@@ -700,6 +775,8 @@ class ExperimentLog(_JsonEq):
     history: MetricHistory = dataclasses.field(default_factory=MetricHistory)
     artifacts: list[Artifact] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    title: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def log_metric(self, name: str, value: Any, step: int | None = None) -> int:
         """Append one scalar; new metric names are added lazily. Returns the step used."""
@@ -709,8 +786,13 @@ class ExperimentLog(_JsonEq):
         """Append one aligned row (see `MetricHistory.append`). Returns the step used."""
         return self.history.append(values, step)
 
-    def add_artifact(self, artifact: Artifact | str, path: PathLike | None = None,
-                     kind: str = "", description: str = "") -> Artifact:
+    def add_artifact(
+        self,
+        artifact: Artifact | str,
+        path: PathLike | None = None,
+        kind: str = "",
+        description: str = "",
+    ) -> Artifact:
         """Attach a file: ``add_artifact(Artifact(...))`` or ``add_artifact(name, path, ...)``."""
         if not isinstance(artifact, Artifact):
             if path is None:
@@ -720,17 +802,33 @@ class ExperimentLog(_JsonEq):
         return artifact
 
     def to_trainlog(self, title: str | None = None) -> TrainLog:
-        """Lower to the stable `TrainLog`; the title defaults to the run name, then project."""
+        """Lower to the stable `TrainLog`; the title defaults to `title`, then the run name,
+        then the project."""
         steps, series = self.history.to_series()
-        return TrainLog(title=title if title is not None else (self.run.name or self.run.project),
-                        steps=steps, series=series, notes=list(self.notes), run=self.run,
-                        artifacts=list(self.artifacts))
+        return TrainLog(
+            title=title if title is not None else (self.title or self.run.name or self.run.project),
+            steps=steps,
+            series=series,
+            notes=list(self.notes),
+            run=self.run,
+            artifacts=list(self.artifacts),
+            extra=dict(self.extra),
+        )
 
     @classmethod
     def from_trainlog(cls, log: TrainLog) -> ExperimentLog:
-        return cls(run=log.run if log.run is not None else RunInfo(name=log.title),
-                   history=MetricHistory.from_series(log.steps, log.series),
-                   artifacts=list(log.artifacts), notes=list(log.notes))
+        """The inverse of `to_trainlog`, up to layout: every value keeps its step, the title and
+        unknown keys are kept, and steps are shared again on lowering only when every series has
+        the same steps. A log without run metadata gets ``RunInfo(name=log.title)``; the lowered
+        log is written with this version's ``schema_version``."""
+        return cls(
+            run=log.run if log.run is not None else RunInfo(name=log.title),
+            history=MetricHistory.from_series(log.steps, log.series),
+            artifacts=list(log.artifacts),
+            notes=list(log.notes),
+            title=log.title,
+            extra=dict(log.extra),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return self.to_trainlog().to_json()
@@ -760,7 +858,8 @@ class LogDestination:
     path: pathlib.Path | None = None
 
     DISABLED_WORDS: ClassVar[frozenset[str]] = frozenset(
-        {"false", "off", "none", "no", "disabled", "0"})
+        {"false", "off", "none", "no", "disabled", "0"}
+    )
 
     @classmethod
     def disabled(cls) -> LogDestination:
@@ -831,17 +930,23 @@ class ConfusionMatrix(_JsonEq):
         for i, row in enumerate(rows):
             for j, v in enumerate(row):
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                    raise ValueError(f"confusion matrix [{i}][{j}]: expected a count >= 0, got {v!r}")
+                    raise ValueError(
+                        f"confusion matrix [{i}][{j}]: expected a count >= 0, got {v!r}"
+                    )
         self.matrix = [[int(v) for v in row] for row in rows]
 
     @classmethod
-    def from_predictions(cls, y_true: Any, y_pred: Any,
-                         labels: Sequence[str] | int | None = None) -> ConfusionMatrix:
+    def from_predictions(
+        cls, y_true: Any, y_pred: Any, labels: Sequence[str] | int | None = None
+    ) -> ConfusionMatrix:
         """Count predictions. ``labels``: names, a number of classes, or inferred."""
-        t = np.asarray(y_true).astype(np.int64).ravel()
-        p = np.asarray(y_pred).astype(np.int64).ravel()
-        if t.shape != p.shape:
-            raise ValueError(f"y_true has {t.size} entries but y_pred has {p.size}")
+        t_raw, p_raw = np.asarray(y_true), np.asarray(y_pred)
+        if t_raw.shape != p_raw.shape:
+            raise ValueError(f"y_true has shape {t_raw.shape} but y_pred has shape {p_raw.shape}")
+        for what, arr in (("y_true", t_raw), ("y_pred", p_raw)):
+            if arr.size and (arr.dtype.kind not in "biuf" or np.any(arr != np.round(arr))):
+                raise ValueError(f"{what} must hold integer class indices, got {arr.dtype} values")
+        t, p = t_raw.astype(np.int64).ravel(), p_raw.astype(np.int64).ravel()
         if labels is None:
             n = int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
             names = [str(i) for i in range(n)]
@@ -863,12 +968,18 @@ class ConfusionMatrix(_JsonEq):
     def accuracy(self) -> float:
         """Fraction on the diagonal (NaN for an empty matrix)."""
         total = self.total
-        return sum(self.matrix[i][i] for i in range(len(self.labels))) / total if total else math.nan
+        return (
+            sum(self.matrix[i][i] for i in range(len(self.labels))) / total if total else math.nan
+        )
 
     def to_json(self) -> dict[str, Any]:
-        out = {"schema_version": SCHEMA_VERSION, "format": CONFUSION_FORMAT,
-               "labels": list(self.labels), "matrix": [list(r) for r in self.matrix]}
-        out.update(self.extra)
+        out = {
+            "schema_version": SCHEMA_VERSION,
+            "format": CONFUSION_FORMAT,
+            "labels": list(self.labels),
+            "matrix": [list(r) for r in self.matrix],
+        }
+        out.update(_jsonable.encode_tree(self.extra))
         return out
 
     @classmethod

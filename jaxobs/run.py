@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from jaxobs import _env, _jsonable
-from jaxobs.events import EVENT_LEVELS, CUSTOM_EVENT_LEVEL, Dispatcher, Event, Level, level_from_env
+from jaxobs.events import CUSTOM_EVENT_LEVEL, EVENT_LEVELS, Dispatcher, Event, Level, level_from_env
 from jaxobs.log import (
     SCHEMA_VERSION,
     Artifact,
@@ -44,8 +44,16 @@ from jaxobs.log import (
     _check_version,
 )
 
-__all__ = ["Run", "RunDirError", "RunDirWarning", "RunRecord", "Terminated", "active_run",
-           "init", "read_run"]
+__all__ = [
+    "Run",
+    "RunDirError",
+    "RunDirWarning",
+    "RunRecord",
+    "Terminated",
+    "active_run",
+    "init",
+    "read_run",
+]
 
 EVENTS_FILE = "events.jsonl"
 TRAINLOG_FILE = "trainlog.json"
@@ -86,8 +94,12 @@ def _new_run_id() -> str:
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
-    return json.dumps(_jsonable.encode_tree(dict(record)), ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":"))
+    return json.dumps(
+        _jsonable.encode_tree(dict(record)),
+        ensure_ascii=False,
+        allow_nan=False,
+        separators=(",", ":"),
+    )
 
 
 def init(
@@ -140,8 +152,14 @@ def init(
         config = _jsonable.to_config(config, "config")
         if not isinstance(config, dict):
             raise TypeError(f"config must be a mapping or a dataclass, got {type(config).__name__}")
-    info = RunInfo(project=project, name=name or run_id, run_id=run_id, group=group,
-                   tags=list(tags), config=dict(config or {}))
+    info = RunInfo(
+        project=project,
+        name=name or run_id,
+        run_id=run_id,
+        group=group,
+        tags=list(tags),
+        config=dict(config or {}),
+    )
     level = level_from_env() if level is None else Level.parse(level)
     env = _env.snapshot()
     primary = (env.get("jax") or {}).get("process_index", 0) == 0
@@ -150,8 +168,16 @@ def init(
         from jaxobs.sinks import TerminalSink
 
         all_sinks.insert(0, TerminalSink(total_steps=total_steps))
-    run = Run(info, pathlib.Path(dir) / project / run_id, level=level, env=env,
-              sinks=all_sinks, queue_size=queue_size, enabled=primary, total_steps=total_steps)
+    run = Run(
+        info,
+        pathlib.Path(dir) / project / run_id,
+        level=level,
+        env=env,
+        sinks=all_sinks,
+        queue_size=queue_size,
+        enabled=primary,
+        total_steps=total_steps,
+    )
     _active = run
     return run
 
@@ -163,9 +189,18 @@ class Run:
     (every method works and records nothing).
     """
 
-    def __init__(self, info: RunInfo, directory: pathlib.Path, *, level: Level = Level.DETAILED,
-                 env: Mapping[str, Any] | None = None, sinks: Iterable[Any] = (),
-                 queue_size: int = 1024, enabled: bool = True, total_steps: int | None = None):
+    def __init__(
+        self,
+        info: RunInfo,
+        directory: pathlib.Path,
+        *,
+        level: Level = Level.DETAILED,
+        env: Mapping[str, Any] | None = None,
+        sinks: Iterable[Any] = (),
+        queue_size: int = 1024,
+        enabled: bool = True,
+        total_steps: int | None = None,
+    ):
         self.info = info
         self.dir = pathlib.Path(directory)
         self.level = level
@@ -184,11 +219,19 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._file = open(self.dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         self._dispatcher = Dispatcher(sinks, maxsize=queue_size)
-        self._record("run_start", None, {
-            "schema_version": SCHEMA_VERSION, "format": EVENTS_FORMAT,
-            "run": info.to_json(), "env": dict(env or {}), "settings": {
-                "level": level.name, "total_steps": total_steps, "dir": str(self.dir)}})
+        start = self._record(
+            "run_start",
+            None,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "format": EVENTS_FORMAT,
+                "run": info.to_json(),
+                "env": dict(env or {}),
+                "settings": {"level": level.name, "total_steps": total_steps, "dir": str(self.dir)},
+            },
+        )
         self._fsync()
+        self._dispatcher.submit(start)
         ref = weakref.ref(self)
         self._atexit = lambda: (r := ref()) is not None and r._finish_at_exit()
         atexit.register(self._atexit)
@@ -255,8 +298,14 @@ class Run:
             self._next_step = max(self._next_step, step + 1)
             self._emit("metrics", step, {"values": converted}, Level.BASIC)
 
-    def emit(self, event_type: str, step: int | None = None, *, level: Level | str | None = None,
-             **data: Any) -> None:
+    def emit(
+        self,
+        event_type: str,
+        step: int | None = None,
+        *,
+        level: Level | str | None = None,
+        **data: Any,
+    ) -> None:
         """Record an event (``epoch_end``, ``train_start``, ``health_check`` or your own).
 
         Args:
@@ -270,15 +319,23 @@ class Run:
             raise ValueError(f"event type must be an identifier, got {event_type!r}")
         if event_type in ("run_start", "run_end", "metrics", "artifact"):
             raise ValueError(f"{event_type!r} is recorded by the run itself; use the Run methods")
-        lvl = Level.parse(level) if level is not None else EVENT_LEVELS.get(
-            event_type, CUSTOM_EVENT_LEVEL)
+        lvl = (
+            Level.parse(level)
+            if level is not None
+            else EVENT_LEVELS.get(event_type, CUSTOM_EVENT_LEVEL)
+        )
         payload = _jsonable.to_config(data, event_type)
         with self._lock:
             self._check_open("emit")
             self._emit(event_type, step, payload, lvl)
 
-    def add_artifact(self, artifact: Artifact | str, path: str | os.PathLike | None = None,
-                     kind: str = "", description: str = "") -> Artifact:
+    def add_artifact(
+        self,
+        artifact: Artifact | str,
+        path: str | os.PathLike | None = None,
+        kind: str = "",
+        description: str = "",
+    ) -> Artifact:
         """Attach a file to the run (paths inside the run directory are stored relative)."""
         if not isinstance(artifact, Artifact):
             if path is None:
@@ -292,17 +349,20 @@ class Run:
             self._emit("artifact", None, {"artifact": artifact.to_json()}, Level.BASIC)
         return artifact
 
-    def log_confusion_matrix(self, name: str, matrix: ConfusionMatrix,
-                             step: int | None = None) -> Artifact:
+    def log_confusion_matrix(
+        self, name: str, matrix: ConfusionMatrix, step: int | None = None
+    ) -> Artifact:
         """Write ``matrix`` to ``artifacts/<name>[-<step>].json`` and attach it."""
         if not _ID_RE.match(name):
             raise ValueError(f"artifact name {name!r} must be letters, digits, '.', '_' or '-'")
-        rel = pathlib.Path("artifacts") / (f"{name}-{step}.json" if step is not None else
-                                           f"{name}.json")
+        rel = pathlib.Path("artifacts") / (
+            f"{name}-{step}.json" if step is not None else f"{name}.json"
+        )
         if self.enabled:
             matrix.write_json(self.dir / rel)
-        return self.add_artifact(Artifact(name, str(rel), "confusion_matrix",
-                                          f"confusion matrix at step {step}"))
+        return self.add_artifact(
+            Artifact(name, str(rel), "confusion_matrix", f"confusion matrix at step {step}")
+        )
 
     def add_note(self, text: str) -> None:
         """Add a free-form note (stored in the TrainLog's notes)."""
@@ -346,8 +406,9 @@ class Run:
         event = self._record(event_type, step, data, level)
         self._dispatcher.submit(event)
 
-    def _record(self, event_type: str, step: int | None, data: dict[str, Any],
-                level: Level = Level.BASIC) -> Event:
+    def _record(
+        self, event_type: str, step: int | None, data: dict[str, Any], level: Level = Level.BASIC
+    ) -> Event:
         event = Event(event_type, level, step, time.time_ns(), data)
         self._file.write(_dumps(event.to_record()) + "\n")
         self._file.flush()
@@ -360,7 +421,9 @@ class Run:
 
     # -- ending
 
-    def finish(self, status: str = "finished", error: BaseException | None = None) -> pathlib.Path | None:
+    def finish(
+        self, status: str = "finished", error: BaseException | None = None
+    ) -> pathlib.Path | None:
         """End the run: record how it ended, fsync, close the sinks, write ``trainlog.json``.
 
         Safe to call more than once. Returns the path of ``trainlog.json``.
@@ -375,11 +438,17 @@ class Run:
         if not self.enabled:
             return None
         atexit.unregister(self._atexit)
-        end: dict[str, Any] = {"status": status, "duration_s": time.monotonic() - self._start,
-                               "last_step": self._next_step - 1 if self._next_step else None}
+        end: dict[str, Any] = {
+            "status": status,
+            "duration_s": time.monotonic() - self._start,
+            "last_step": self._next_step - 1 if self._next_step else None,
+        }
         if error is not None:
-            end["error"] = {"type": type(error).__name__, "message": str(error),
-                            "traceback": "".join(traceback.format_exception(error))[-4000:]}
+            end["error"] = {
+                "type": type(error).__name__,
+                "message": str(error),
+                "traceback": "".join(traceback.format_exception(error))[-4000:],
+            }
         self._dispatcher.flush(10.0)
         end["sink_errors"] = list(self._dispatcher.errors)
         end["dropped_for_sinks"] = dict(self._dispatcher.dropped)
@@ -391,8 +460,11 @@ class Run:
         if self._dispatcher.dropped:
             from jaxobs.events import logger
 
-            logger.warning("jaxobs: the sinks' queue was full; events skipped for sinks (all are "
-                           "in %s): %s", self.events_path, dict(self._dispatcher.dropped))
+            logger.warning(
+                "jaxobs: the sinks' queue was full; events skipped for sinks (all are in %s): %s",
+                self.events_path,
+                dict(self._dispatcher.dropped),
+            )
         record = read_run(self.dir, _warn=False)
         record.log.to_trainlog().write_json(self.trainlog_path)
         return self.trainlog_path
@@ -403,6 +475,7 @@ class Run:
 
     def __enter__(self) -> Run:
         if threading.current_thread() is threading.main_thread():
+
             def on_sigterm(signum, frame):
                 raise Terminated()
 
@@ -423,6 +496,16 @@ class Run:
             status = "failed"
         self.finish(status, exc)
         return False
+
+    def __del__(self) -> None:
+        # A run dropped without finish(): its records are already flushed; release the file
+        # and the worker. It reads back as "incomplete".
+        file = getattr(self, "_file", None)
+        if file is not None and not file.closed:
+            file.close()
+        dispatcher = getattr(self, "_dispatcher", None)
+        if dispatcher is not None and not self._finished:
+            dispatcher.close(timeout_s=1.0)
 
     def __repr__(self) -> str:
         state = "finished" if self._finished else "running"
@@ -445,7 +528,8 @@ class RunRecord:
         when there is no ``run_end`` record (the run is still going, or was killed).
       end: The ``run_end`` record, if any.
       log: Metrics, artifacts and notes as an `ExperimentLog`.
-      events: Every record of ``events.jsonl`` in order (non-finite values decoded).
+      events: Every record of ``events.jsonl`` in order, as stored (non-finite floats are
+        the strings "NaN", "Infinity", "-Infinity").
       warnings: What was incomplete (e.g. a torn last line).
     """
 
@@ -464,16 +548,6 @@ class RunRecord:
         """The largest step of any metric, or None."""
         steps = [c.steps[-1] for c in self.log.history.curves.values() if c.steps]
         return max(steps) if steps else None
-
-
-def _decode_record(value: Any) -> Any:
-    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-        return _jsonable.decode_float(value, "")
-    if isinstance(value, dict):
-        return {k: _decode_record(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_record(v) for v in value]
-    return value
 
 
 def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
@@ -502,6 +576,7 @@ def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
     if lines and lines[-1] == b"":
         lines.pop()
     problems: list[str] = []
+    torn = False
     records: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -509,14 +584,18 @@ def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
             if not isinstance(record, dict) or not isinstance(record.get("event"), str):
                 raise ValueError("not an event object")
         except (ValueError, UnicodeDecodeError) as e:
-            torn = number == len(lines) and not raw.endswith(b"\n")
-            if torn:
-                problems.append(f"{path}:{number}: the last line is incomplete (the process was "
-                                f"killed while writing it); ignored, {len(records)} records kept")
+            if number == len(lines) and not raw.endswith(b"\n"):
+                torn = True
+                problems.append(
+                    f"{path}:{number}: the last line is incomplete (the process was "
+                    f"killed while writing it); ignored, {len(records)} records kept"
+                )
                 break
-            raise RunDirError(f"{path}:{number}: corrupt record ({e}); expected one JSON object "
-                              "per line with an 'event' field") from None
-        records.append(_decode_record(record))
+            raise RunDirError(
+                f"{path}:{number}: corrupt record ({e}); expected one JSON object "
+                "per line with an 'event' field"
+            ) from None
+        records.append(record)
     if not records or records[0]["event"] != "run_start":
         raise RunDirError(f"{path}:1: expected a run_start record first")
     start = records[0]
@@ -534,9 +613,11 @@ def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
         try:
             if kind == "metrics":
                 for key, value in rec["values"].items():
-                    exp.history.log(key, value, rec["step"])
+                    exp.history.log(key, _jsonable.decode_float(value, key), rec["step"])
             elif kind == "artifact":
-                exp.add_artifact(Artifact.from_json(rec["artifact"], "artifact", f"{path}:{number}"))
+                exp.add_artifact(
+                    Artifact.from_json(rec["artifact"], "artifact", f"{path}:{number}")
+                )
             elif kind == "note":
                 exp.notes.append(str(rec["text"]))
             elif kind == "config_update":
@@ -544,19 +625,24 @@ def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
             elif kind == "run_end":
                 end = rec
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise RunDirError(f"{path}:{number}: bad {kind} record ({type(e).__name__}: {e})"
-                              ) from None
+            raise RunDirError(
+                f"{path}:{number}: bad {kind} record ({type(e).__name__}: {e})"
+            ) from None
+    if torn and _warn:
+        warnings.warn(problems[-1], RunDirWarning, stacklevel=2)
     if end is None:
-        problems.append(f"{path}: no run_end record: the run is still going or was killed; "
-                        f"read up to step {max((c.steps[-1] for c in exp.history.curves.values() if c.steps), default=None)}")
-    if _warn:
-        for problem in problems:
-            if "incomplete" in problem:
-                warnings.warn(problem, RunDirWarning, stacklevel=2)
-    return RunRecord(dir=directory, info=info, env=start.get("env", {}),
-                     settings=start.get("settings", {}),
-                     status=end["status"] if end else "incomplete", end=end, log=exp,
-                     events=records, warnings=problems)
+        problems.append(f"{path}: no run_end record: the run is still going or was killed")
+    return RunRecord(
+        dir=directory,
+        info=info,
+        env=start.get("env", {}),
+        settings=start.get("settings", {}),
+        status=end["status"] if end else "incomplete",
+        end=end,
+        log=exp,
+        events=records,
+        warnings=problems,
+    )
 
 
 def load_trainlog(path: str | os.PathLike) -> tuple[TrainLog, RunRecord | None]:

@@ -10,8 +10,12 @@ from jaxobs.events import Event
 
 __all__ = ["TerminalSink", "format_value"]
 
-_SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "danger": "bold red",
-                   "critical": "bold white on red"}
+_SEVERITY_STYLE = {
+    "info": "cyan",
+    "warning": "yellow",
+    "danger": "bold red",
+    "critical": "bold white on red",
+}
 
 
 def format_value(x: float) -> str:
@@ -39,8 +43,13 @@ class TerminalSink:
       max_keys: How many metrics the line shows.
     """
 
-    def __init__(self, total_steps: int | None = None, keys: list[str] | None = None,
-                 console: Any = None, max_keys: int = 4):
+    def __init__(
+        self,
+        total_steps: int | None = None,
+        keys: list[str] | None = None,
+        console: Any = None,
+        max_keys: int = 4,
+    ):
         from rich.console import Console
 
         self.console = console if console is not None else Console(file=sys.stdout)
@@ -58,25 +67,40 @@ class TerminalSink:
     def _ensure_bar(self) -> None:
         if self._progress is not None or not self.live:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-            console=self.console, refresh_per_second=4, transient=False)
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=self.console,
+            refresh_per_second=4,
+            transient=False,
+        )
         self._progress.start()
-        self._task = self._progress.add_task("train", total=self.total_steps, rate="",
-                                             metrics="")
+        self._task = self._progress.add_task("train", total=self.total_steps, rate="", metrics="")
 
     def handle_run_start(self, event: Event) -> None:
         run = event.data.get("run", {})
         if self.total_steps is None:
             self.total_steps = event.data.get("settings", {}).get("total_steps")
         if self.live:
-            self.console.print(f"[bold]jaxobs[/] run [cyan]{run.get('project')}/"
-                               f"{run.get('run_id')}[/] -> {event.data['settings']['dir']}")
+            self.console.print(
+                f"[bold]jaxobs[/] run [cyan]{run.get('project')}/"
+                f"{run.get('run_id')}[/] -> {event.data['settings']['dir']}"
+            )
 
     def handle_train_start(self, event: Event) -> None:
         total = event.data.get("total_steps")
@@ -92,9 +116,12 @@ class TerminalSink:
         self._ensure_bar()
         task = self._progress.tasks[0]
         speed = task.speed
-        self._progress.update(self._task, completed=(event.step or 0) + 1,
-                              rate=f"{speed:.1f} steps/s" if speed else "",
-                              metrics=self._metrics_text())
+        self._progress.update(
+            self._task,
+            completed=(event.step or 0) + 1,
+            rate=f"{speed:.1f} steps/s" if speed else "",
+            metrics=self._metrics_text(),
+        )
 
     def _metrics_text(self) -> str:
         keys = self.keys

@@ -1,0 +1,31 @@
+# Two commands, each working on a fresh clone with only Python 3 (>= 3.10) and make:
+#   make demo   train a small Flax CNN on the scikit-learn digits with jaxobs watching it
+#   make test   lint, then the whole test suite
+# Both create (once) a virtual environment in .venv and install the project into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: demo test lint install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/01_digits_cnn.py --dir runs --show
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,50 @@
+"""The examples run end to end (with few steps) and leave what they promise."""
+
+import json
+import re
+import subprocess
+
+import numpy as np
+from helpers import PYTHON, REPO, read_events
+
+
+def test_digits_demo_leaves_a_complete_run_directory(tmp_path):
+    """examples/01: prints its run directory; events, trainlog and confusion matrix agree."""
+    out = subprocess.run(
+        [
+            PYTHON,
+            str(REPO / "examples" / "01_digits_cnn.py"),
+            "--dir",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--show",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    run_dir = re.search(r"run directory: (\S+)", out.stdout).group(1)
+    events = read_events(run_dir)
+    assert events[0]["run"]["config"]["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+    assert events[-1]["status"] == "finished"
+    log = json.loads(
+        (tmp_path / "digits").joinpath(events[0]["run"]["run_id"], "trainlog.json").read_text()
+    )
+    series = {s["name"]: s for s in log["series"]}
+    steps_per_epoch = events[0]["run"]["config"]["data"]["train"] // 64
+    assert (series["train/loss"].get("steps") or log["steps"]) == list(range(2 * steps_per_epoch))
+    assert len(series["val/accuracy"]["values"]) == 2
+    # The confusion matrix artifact agrees with the logged final validation accuracy.
+    art = next(a for a in log["artifacts"] if a["kind"] == "confusion_matrix")
+    matrix = np.array(
+        json.loads((tmp_path / "digits" / events[0]["run"]["run_id"] / art["path"]).read_text())[
+            "matrix"
+        ]
+    )
+    assert matrix.sum() == events[0]["run"]["config"]["data"]["val"]
+    assert np.trace(matrix) / matrix.sum() == series["val/accuracy"]["values"][-1]
+    # Training did something: validation accuracy far above chance (10 classes).
+    assert series["val/accuracy"]["values"][-1] > 0.5
+    assert "jaxobs show" in out.stdout and "train/loss" in out.stdout
