@@ -1,6 +1,6 @@
 # Two commands, each working on a fresh clone with only Python 3 (>= 3.10) and make:
 #   make demo   train a small Flax CNN on the scikit-learn digits with jaxobs watching it
-#   make test   lint, then the whole test suite
+#   make test   lint, build the docs (strict), then the whole test suite
 # Both create (once) a virtual environment in .venv and install the project into it.
 
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint docs install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+test: lint docs
 	$(BIN)/python -m pytest -q
 
 clean:
