@@ -48,7 +48,7 @@ class TerminalSink:
         total_steps: int | None = None,
         keys: list[str] | None = None,
         console: Any = None,
-        max_keys: int = 4,
+        max_keys: int = 3,
     ):
         from rich.console import Console
 
@@ -58,6 +58,7 @@ class TerminalSink:
         self.max_keys = max_keys
         self.latest: dict[str, float] = {}
         self._progress = None
+        self._live = None
         self._task = None
 
     @property
@@ -67,6 +68,8 @@ class TerminalSink:
     def _ensure_bar(self) -> None:
         if self._progress is not None or not self.live:
             return
+        from rich.console import Group
+        from rich.live import Live
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -78,19 +81,20 @@ class TerminalSink:
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=30),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[metrics]}"),
             console=self.console,
-            refresh_per_second=4,
-            transient=False,
         )
-        self._progress.start()
-        self._task = self._progress.add_task("train", total=self.total_steps, rate="", metrics="")
+        self._task = self._progress.add_task("train", total=self.total_steps, rate="")
+        # The bar on one line, the latest metrics on the next (cut to the terminal's width).
+        self._live = Live(
+            Group(self._progress, _MetricsLine(self)), console=self.console, refresh_per_second=4
+        )
+        self._live.start()
 
     def handle_run_start(self, event: Event) -> None:
         run = event.data.get("run", {})
@@ -120,13 +124,13 @@ class TerminalSink:
             self._task,
             completed=(event.step or 0) + 1,
             rate=f"{speed:.1f} steps/s" if speed else "",
-            metrics=self._metrics_text(),
         )
 
     def _metrics_text(self) -> str:
         keys = self.keys
-        if keys is None:
+        if keys is None:  # losses first, then other train/ and val/ metrics, else anything
             preferred = [k for k in self.latest if k.startswith(("train/", "val/"))]
+            preferred.sort(key=lambda k: (not k.endswith("loss"), not k.startswith("train/")))
             keys = (preferred or list(self.latest))[: self.max_keys]
         return "  ".join(f"{k}={format_value(self.latest[k])}" for k in keys if k in self.latest)
 
@@ -146,21 +150,31 @@ class TerminalSink:
             print(f"jaxobs: {text}", file=self.console.file, flush=True)
 
     def _print(self, text: str) -> None:
-        (self._progress.console if self._progress is not None else self.console).print(text)
+        self.console.print(text)  # above the live display while one is shown
 
     def handle_run_end(self, event: Event) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        self.close()
         if self.live:
             status = event.data.get("status")
             style = "green" if status == "finished" else "red"
             self.console.print(f"[bold]jaxobs[/] run [{style}]{status}[/] at step {event.step}")
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
+        if self._live is not None:
+            self._live.stop()
+            self._live = self._progress = None
+
+
+class _MetricsLine:
+    """The latest metrics as one line, rendered on each refresh of the live display."""
+
+    def __init__(self, sink: TerminalSink):
+        self.sink = sink
+
+    def __rich__(self):
+        from rich.text import Text
+
+        return Text(self.sink._metrics_text(), no_wrap=True, overflow="ellipsis", style="dim")
 
 
 def _escape(text: str) -> str:
