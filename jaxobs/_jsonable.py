@@ -272,10 +272,8 @@ def scalar(value: Any, name: str) -> float:
     Accepts Python and NumPy numbers and arrays with exactly one element (this converts a jax
     array, which waits for it to be computed).
     """
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, (bool, int, float, np.floating, np.integer, np.bool_)):
+        return float(value)  # the common cases, without building an array
     if isinstance(value, np.generic) or _is_array(value):
         arr = np.asarray(value)
         if arr.size != 1:

@@ -94,6 +94,10 @@ def _new_run_id() -> str:
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
+    try:  # the common case: every float is finite, so nothing needs re-encoding
+        return json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        pass
     return json.dumps(
         _jsonable.encode_tree(dict(record)),
         ensure_ascii=False,
@@ -607,13 +611,20 @@ def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
     except (TrainLogError, TypeError, ValueError) as e:
         raise RunDirError(f"{path}:1: bad run_start record: {e}") from None
     exp = ExperimentLog(run=info)
+    curves: dict[str, Any] = {}
     end = None
     for number, rec in enumerate(records[1:], start=2):
         kind = rec["event"]
         try:
-            if kind == "metrics":
+            if kind == "metrics":  # validated when written: append without re-checking
+                step = rec["step"]
                 for key, value in rec["values"].items():
-                    exp.history.log(key, _jsonable.decode_float(value, key), rec["step"])
+                    curve = curves.get(key) or exp.history.add_metric(key)
+                    curves[key] = curve
+                    curve.steps.append(step)
+                    curve.values.append(
+                        value if type(value) is float else _jsonable.decode_float(value, key)
+                    )
             elif kind == "artifact":
                 exp.add_artifact(
                     Artifact.from_json(rec["artifact"], "artifact", f"{path}:{number}")

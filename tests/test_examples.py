@@ -48,3 +48,26 @@ def test_digits_demo_leaves_a_complete_run_directory(tmp_path):
     # Training did something: validation accuracy far above chance (10 classes).
     assert series["val/accuracy"]["values"][-1] > 0.5
     assert "jaxobs show" in out.stdout and "train/loss" in out.stdout
+
+
+def test_log_overhead_benchmark_prints_json():
+    """bench/log_overhead.py runs (tiny sizes) and prints the documented JSON fields."""
+    out = subprocess.run(
+        [
+            PYTHON,
+            str(REPO / "bench" / "log_overhead.py"),
+            "--calls",
+            "50",
+            "--rounds",
+            "2",
+            "--finish-steps",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["calls"] == 50 and result["finish_steps"] == 100
+    assert result["log_us_per_call"] > 0 and result["finish_s"] > 0
