@@ -131,3 +131,20 @@ def test_sigterm_handler_is_restored(tmp_path):
     with jaxobs.init(project="p", dir=tmp_path, terminal=False):
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(
+    ("tail", "status"), [("", "finished"), ("raise RuntimeError('x')", "failed")]
+)
+def test_run_never_finished_is_finished_at_exit(tmp_path, tail, status):
+    """Without finish() or a with block, interpreter exit ends the run with its status."""
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import jaxobs\n"
+        f"run = jaxobs.init(project='p', id='r', dir={str(tmp_path)!r}, terminal=False)\n"
+        "run.log({'a': 1.0})\n" + tail + "\n"
+    )
+    subprocess.run([PYTHON, str(script)], capture_output=True, timeout=120)
+    end = read_events(tmp_path / "p" / "r")[-1]
+    assert end["event"] == "run_end" and end["status"] == status
+    assert (tmp_path / "p" / "r" / "trainlog.json").is_file()
