@@ -40,6 +40,21 @@ from jaxobs.sinks import TerminalSink
 
 __version__ = "0.1.0"
 
+# The engine imports jax; load it on first use so that the data model and the `jaxobs`
+# command start without it.
+_LAZY = {"observe": "jaxobs.engine", "tap": "jaxobs.engine", "Observed": "jaxobs.engine"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name == "stats":
+        return importlib.import_module("jaxobs.stats")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxobs' has no attribute {name!r}")
+
+
 __all__ = [
     "EVENT_LEVELS",
     "SCHEMA_VERSION",
@@ -52,6 +67,7 @@ __all__ = [
     "Level",
     "LogDestination",
     "MetricHistory",
+    "Observed",
     "Run",
     "RunDirError",
     "RunDirWarning",
@@ -66,7 +82,10 @@ __all__ = [
     "active_run",
     "init",
     "looks_secret",
+    "observe",
     "read_run",
     "schema_path",
+    "stats",
+    "tap",
     "to_config",
 ]

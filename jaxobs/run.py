@@ -216,6 +216,8 @@ class Run:
         self._saved_sigterm: Any = None
         self._file = None
         self._dispatcher: Dispatcher | None = None
+        # Producers that deliver records late (jaxobs.observe) flush here before run_end.
+        self._before_finish: list[Callable[[], Any]] = []
         if not enabled:
             return
         if (self.dir / EVENTS_FILE).exists():
@@ -433,6 +435,14 @@ class Run:
         Safe to call more than once. Returns the path of ``trainlog.json``.
         """
         global _active
+        if not self._finished:
+            for flush in list(self._before_finish):
+                try:
+                    flush()
+                except Exception as e:  # a producer must not keep the run from ending
+                    from jaxobs.events import logger
+
+                    logger.warning("jaxobs: flushing %r failed: %s", flush, e)
         with self._lock:
             if self._finished:
                 return self.trainlog_path if self.enabled else None

@@ -1,6 +1,13 @@
-"""Shared test setup: runs never draw a terminal display unless a test asks for one."""
+"""Shared test setup.
 
+JAX gets 8 simulated CPU devices, so sharded inputs (a mesh with data and model axes) are
+tested on a machine without accelerators. This must happen before JAX starts its backend.
+"""
+
+import jax
 import pytest
+
+jax.config.update("jax_num_cpu_devices", 8)
 
 
 @pytest.fixture(autouse=True)
