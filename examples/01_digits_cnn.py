@@ -139,9 +139,8 @@ def main(argv=None) -> jaxobs.Run:
         cm = jaxobs.ConfusionMatrix.from_predictions(y_val, np.asarray(predictions), 10)
         run.log_confusion_matrix("val_confusion", cm, step=step - 1)
         run.emit("train_end", step=step - 1, final_val_accuracy=val["val/accuracy"])
-    destination = jaxobs.LogDestination.parse_optional(args.log, run.dir / "trainlog-copy.json")
-    if args.log is not None:
-        destination.write(jaxobs.read_run(run.dir).log)
+    if args.log is not None:  # e.g. --log out/trainlog.json, or --log off
+        jaxobs.LogDestination.parse(args.log).write(jaxobs.read_run(run.dir).log)
     print(f"run directory: {run.dir}")
     print(f"  events:   {run.events_path}")
     print(f"  trainlog: {run.trainlog_path}")

@@ -273,7 +273,12 @@ def scalar(value: Any, name: str) -> float:
     array, which waits for it to be computed).
     """
     if isinstance(value, (bool, int, float, np.floating, np.integer, np.bool_)):
-        return float(value)  # the common cases, without building an array
+        try:
+            return float(value)  # the common cases, without building an array
+        except OverflowError:
+            raise TypeError(
+                f"metric {name!r}: {str(value)[:20]}... is too large for a float"
+            ) from None
     if isinstance(value, np.generic) or _is_array(value):
         arr = np.asarray(value)
         if arr.size != 1:

@@ -64,8 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             log, record = load_trainlog(args.run)
-        for w in caught:
-            print(f"jaxobs: warning: {w.message}", file=sys.stderr)
+        if args.command != "show":  # show lists them in its table
+            for w in caught:
+                print(f"jaxobs: warning: {w.message}", file=sys.stderr)
         if args.command == "show":
             _show(log, record, args.all)
         else:
@@ -77,6 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RunDirError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
         print(f"jaxobs: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RecursionError:
+        print(
+            f"jaxobs: error: {args.run}: JSON nested too deeply to be a jaxobs file",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except BrokenPipeError:  # `jaxobs export ... | head`
         return 0
     return 0
@@ -84,18 +91,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _to_csv(log: TrainLog) -> str:
     """Wide CSV: a ``step`` column, then one column per metric; empty cells where a metric
-    was not logged at that step. Non-finite values are written ``nan``, ``inf``, ``-inf``."""
-    columns: dict[str, dict[int, float]] = {}
-    all_steps: set[int] = set()
+    was not logged at that step. A metric logged more than once at a step gets one row per
+    repeat, in order, so nothing is dropped. Non-finite values are written ``nan``, ``inf``,
+    ``-inf``."""
+    if "step" in log.names:
+        raise ValueError("a metric named 'step' collides with the step column; use --format json")
+    columns: dict[str, dict[int, list[float]]] = {}
     for series in log.series:
-        steps = log.steps_of(series)
-        columns[series.name] = dict(zip(steps, series.values, strict=True))
-        all_steps.update(steps)
+        column: dict[int, list[float]] = {}
+        for step, value in zip(log.steps_of(series), series.values, strict=True):
+            column.setdefault(step, []).append(value)
+        columns[series.name] = column
+    all_steps = sorted({step for column in columns.values() for step in column})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["step", *columns])
-    for step in sorted(all_steps):
-        writer.writerow([step, *(repr(c[step]) if step in c else "" for c in columns.values())])
+    for step in all_steps:
+        repeats = max(len(c.get(step, ())) for c in columns.values())
+        for i in range(repeats):
+            cells = []
+            for c in columns.values():
+                values = c.get(step, ())
+                cells.append(repr(values[i]) if i < len(values) else "")
+            writer.writerow([step, *cells])
     return out.getvalue()
 
 

@@ -15,7 +15,8 @@ Queue policy (bounded queue, one worker thread):
   up to ``block_timeout_s`` for room, then are dropped and counted the same way.
 - A sink method or callback that raises is reported once (a warning on the ``jaxobs``
   logger naming the sink, the event and the error) and that sink (or callback) is disabled;
-  training goes on. The report is also kept in the run's ``run_end`` record.
+  training goes on. Reports of errors raised before the run ends are also kept in the run's
+  ``run_end`` record.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import os
 import queue
 import threading
-import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -152,7 +152,8 @@ class Event:
         if self.step is not None:
             out["step"] = self.step
         out["timestamp_ns"] = self.timestamp_ns
-        out.update(self.data)
+        for key, value in self.data.items():  # the payload never overrides the fields above
+            out.setdefault(key, value)
         return out
 
 
@@ -204,7 +205,8 @@ class Dispatcher:
         if self._closed:
             return False
         try:
-            if event.type in _STREAM_TYPES:
+            # The worker never waits on its own queue (a callback that records an event).
+            if event.type in _STREAM_TYPES or threading.current_thread() is self._thread:
                 self._queue.put_nowait(event)
             else:
                 self._queue.put(event, timeout=self._block_timeout_s)
@@ -260,14 +262,16 @@ class Dispatcher:
             )
             if method is not None:
                 self._call(sink, method, event, f"{type(sink).__name__}.handle_{event.type}")
-        for event_type, fn in callbacks:
-            if event_type in (event.type, "*") and id(fn) not in self._disabled:
-                self._call(fn, fn, event, f"callback {getattr(fn, '__name__', fn)!r}")
+        for entry in callbacks:
+            event_type, fn = entry
+            if event_type in (event.type, "*") and id(entry) not in self._disabled:
+                self._call(entry, fn, event, f"callback {getattr(fn, '__name__', fn)!r}")
 
     def _each_sink(self, name: str) -> None:
         for sink in list(self._sinks):
             method = getattr(sink, name, None)
-            if method is not None and id(sink) not in self._disabled:
+            # close() reaches disabled sinks too, so that they release what they hold.
+            if method is not None and (name == "close" or id(sink) not in self._disabled):
                 self._call(sink, method, None, f"{type(sink).__name__}.{name}")
 
     def _call(self, owner: Any, fn: Callable, event: Event | None, what: str) -> None:
@@ -282,7 +286,3 @@ class Dispatcher:
             )
             self.errors.append(message + "\n" + traceback.format_exc(limit=3))
             logger.warning(message)
-
-
-def now_ns() -> int:
-    return time.time_ns()

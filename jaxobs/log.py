@@ -871,7 +871,7 @@ class LogDestination:
 
     @classmethod
     def parse(cls, value: str) -> LogDestination:
-        """Parse a command-line value: false/off/none/no/disabled (any case) disable logging;
+        """Parse a command-line value: false/off/none/no/disabled/0 (any case) disable logging;
         anything else is a JSON path."""
         if not isinstance(value, str):
             raise TypeError(f"log destination must be a string, got {type(value).__name__}")

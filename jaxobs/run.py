@@ -13,6 +13,7 @@ A run directory ``<dir>/<project>/<run_id>/`` holds:
 from __future__ import annotations
 
 import atexit
+import collections
 import dataclasses
 import datetime as _dt
 import json
@@ -59,6 +60,12 @@ EVENTS_FILE = "events.jsonl"
 TRAINLOG_FILE = "trainlog.json"
 EVENTS_FORMAT = "jaxobs.events"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NOT_INSTALLED = object()
+# Event types the run writes itself, and the fields every record has.
+_RESERVED_TYPES = frozenset(
+    {"run_start", "run_end", "metrics", "artifact", "note", "config_update"}
+)
+_RECORD_KEYS = frozenset({"event", "level", "step", "timestamp_ns"})
 
 
 class RunDirError(ValueError):
@@ -142,6 +149,10 @@ def init(
       The `Run`, also the active run (`active_run`) until it finishes. Use it as a context
       manager to finish it (and fsync, and record the error) however the block ends.
 
+    In a multi-process job, call this after ``jax.distributed.initialize()``: the environment
+    snapshot asks JAX for its devices (starting its backend), and the process index decides
+    that only process 0 writes.
+
     Raises:
       ValueError: a bad project, id or level, or a run directory that already exists.
       jaxobs.ConfigError: a config value that cannot be stored, naming its key.
@@ -206,28 +217,34 @@ class Run:
         total_steps: int | None = None,
     ):
         self.info = info
-        self.dir = pathlib.Path(directory)
+        # Absolute, so that a later chdir (Hydra does one) cannot lose the run directory.
+        self.dir = pathlib.Path(directory).absolute()
         self.level = level
         self.enabled = enabled
         self._lock = threading.RLock()
         self._next_step = 0
         self._finished = False
         self._start = time.monotonic()
-        self._saved_sigterm: Any = None
+        self._saved_sigterm: Any = _NOT_INSTALLED
+        self._finishing = False
+        self._sigterm_pending = False
+        self._pid = os.getpid()
         self._file = None
         self._dispatcher: Dispatcher | None = None
+        self._pending: collections.deque[Event] = collections.deque()
         # Producers that deliver records late (jaxobs.observe) flush here before run_end.
         self._before_finish: list[Callable[[], Any]] = []
         if not enabled:
             return
-        if (self.dir / EVENTS_FILE).exists():
-            raise ValueError(f"run directory {self.dir} already holds a run; choose another id")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.dir / EVENTS_FILE, "a", encoding="utf-8")  # noqa: SIM115
-        self._dispatcher = Dispatcher(sinks, maxsize=queue_size)
-        start = self._record(
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+        # Everything that can fail is done before the file exists, so a failed init leaves
+        # nothing behind that would block the same id later.
+        start = Event(
             "run_start",
+            Level.BASIC,
             None,
+            time.time_ns(),
             {
                 "schema_version": SCHEMA_VERSION,
                 "format": EVENTS_FORMAT,
@@ -236,7 +253,21 @@ class Run:
                 "settings": {"level": level.name, "total_steps": total_steps, "dir": str(self.dir)},
             },
         )
+        line = _dumps(start.to_record()) + "\n"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # "x": exclusive creation, so two processes given the same id cannot share a file.
+            # backslashreplace: a non-UTF-8 argv or path cannot stop the run from recording.
+            self._file = open(  # noqa: SIM115
+                self.dir / EVENTS_FILE, "x", encoding="utf-8", errors="backslashreplace"
+            )
+        except FileExistsError:
+            raise ValueError(
+                f"run directory {self.dir} already holds a run; choose another id"
+            ) from None
+        self._file.write(line)
         self._fsync()
+        self._dispatcher = Dispatcher(sinks, maxsize=queue_size)
         self._dispatcher.submit(start)
         ref = weakref.ref(self)
         self._atexit = lambda: (r := ref()) is not None and r._finish_at_exit()
@@ -303,6 +334,7 @@ class Run:
             step = int(step)
             self._next_step = max(self._next_step, step + 1)
             self._emit("metrics", step, {"values": converted}, Level.BASIC)
+        self._submit_pending()
 
     def emit(
         self,
@@ -323,8 +355,14 @@ class Run:
         """
         if not isinstance(event_type, str) or not event_type.isidentifier():
             raise ValueError(f"event type must be an identifier, got {event_type!r}")
-        if event_type in ("run_start", "run_end", "metrics", "artifact"):
+        if event_type in _RESERVED_TYPES:
             raise ValueError(f"{event_type!r} is recorded by the run itself; use the Run methods")
+        clash = sorted(_RECORD_KEYS & set(data))
+        if clash:
+            raise ValueError(
+                f"emit({event_type!r}): payload keys {clash} are the record's own fields; "
+                "rename them"
+            )
         lvl = (
             Level.parse(level)
             if level is not None
@@ -334,6 +372,7 @@ class Run:
         with self._lock:
             self._check_open("emit")
             self._emit(event_type, step, payload, lvl)
+        self._submit_pending()
 
     def add_artifact(
         self,
@@ -353,6 +392,7 @@ class Run:
         with self._lock:
             self._check_open("add_artifact")
             self._emit("artifact", None, {"artifact": artifact.to_json()}, Level.BASIC)
+        self._submit_pending()
         return artifact
 
     def log_confusion_matrix(
@@ -361,13 +401,21 @@ class Run:
         """Write ``matrix`` to ``artifacts/<name>[-<step>].json`` and attach it."""
         if not _ID_RE.match(name):
             raise ValueError(f"artifact name {name!r} must be letters, digits, '.', '_' or '-'")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise TypeError(f"step must be a non-negative integer, got {step!r}")
+        self._check_open("log_confusion_matrix")
         rel = pathlib.Path("artifacts") / (
             f"{name}-{step}.json" if step is not None else f"{name}.json"
         )
         if self.enabled:
             matrix.write_json(self.dir / rel)
         return self.add_artifact(
-            Artifact(name, str(rel), "confusion_matrix", f"confusion matrix at step {step}")
+            Artifact(
+                name,
+                str(rel),
+                "confusion_matrix",
+                f"confusion matrix at step {step}" if step is not None else "confusion matrix",
+            )
         )
 
     def add_note(self, text: str) -> None:
@@ -375,6 +423,7 @@ class Run:
         with self._lock:
             self._check_open("add_note")
             self._emit("note", None, {"text": str(text)}, Level.BASIC)
+        self._submit_pending()
 
     def update_config(self, values: Mapping[str, Any]) -> None:
         """Add or change config entries (recorded as a ``config_update`` event)."""
@@ -383,6 +432,7 @@ class Run:
             self._check_open("update_config")
             self.info.config.update(converted)
             self._emit("config_update", None, {"config": converted}, Level.BASIC)
+        self._submit_pending()
 
     def add_sink(self, sink: Any) -> None:
         if self._dispatcher is not None:
@@ -407,10 +457,21 @@ class Run:
             raise RuntimeError(f"run.{what}() after the run {self.id!r} finished")
 
     def _emit(self, event_type: str, step: int | None, data: dict[str, Any], level: Level) -> None:
+        """Write the record (under the run's lock) and queue it for the sinks (after it)."""
         if level > self.level or not self.enabled:
             return
         event = self._record(event_type, step, data, level)
-        self._dispatcher.submit(event)
+        self._pending.append(event)
+
+    def _submit_pending(self) -> None:
+        # Called by the public methods once they released the lock: a sink's callback that
+        # records an event must never wait for a lock its own thread needs.
+        while self._pending:
+            try:
+                event = self._pending.popleft()
+            except IndexError:
+                return
+            self._dispatcher.submit(event)
 
     def _record(
         self, event_type: str, step: int | None, data: dict[str, Any], level: Level = Level.BASIC
@@ -436,6 +497,7 @@ class Run:
         """
         global _active
         if not self._finished:
+            self._finishing = True
             for flush in list(self._before_finish):
                 try:
                     flush()
@@ -443,6 +505,8 @@ class Run:
                     from jaxobs.events import logger
 
                     logger.warning("jaxobs: flushing %r failed: %s", flush, e)
+            if self._dispatcher is not None:  # callbacks may still record while they react
+                self._dispatcher.flush(10.0)
         with self._lock:
             if self._finished:
                 return self.trainlog_path if self.enabled else None
@@ -484,23 +548,31 @@ class Run:
         return self.trainlog_path
 
     def _finish_at_exit(self) -> None:
-        failed = getattr(sys, "last_value", None) is not None
-        self.finish("failed" if failed else "finished", getattr(sys, "last_value", None))
+        if os.getpid() != self._pid:  # a forked child must not end its parent's run
+            return
+        # An uncaught exception in a script leaves sys.last_value; in an interactive session it
+        # may be an older, unrelated error.
+        error = None if hasattr(sys, "ps1") else getattr(sys, "last_value", None)
+        self.finish("failed" if error is not None else "finished", error)
 
     def __enter__(self) -> Run:
         if threading.current_thread() is threading.main_thread():
 
             def on_sigterm(signum, frame):
+                if self._finishing:  # let the run end completely, then stop
+                    self._sigterm_pending = True
+                    return
                 raise Terminated()
 
             self._saved_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if self._saved_sigterm is not None:
-            signal.signal(signal.SIGTERM, self._saved_sigterm)
-            self._saved_sigterm = None
-        if exc is None:
+        if exc is None or (
+            isinstance(exc, SystemExit)
+            and not isinstance(exc, Terminated)
+            and exc.code in (0, None)
+        ):
             status = "finished"
         elif isinstance(exc, Terminated):
             status = "terminated"
@@ -508,7 +580,16 @@ class Run:
             status = "interrupted"
         else:
             status = "failed"
-        self.finish(status, exc)
+        try:
+            self.finish(status, exc if status != "finished" else None)
+        finally:
+            if self._saved_sigterm is not _NOT_INSTALLED:
+                # None means a handler installed from C: the closest is the default action.
+                signal.signal(signal.SIGTERM, self._saved_sigterm or signal.SIG_DFL)
+                self._saved_sigterm = _NOT_INSTALLED
+        if self._sigterm_pending and exc is None:
+            self._sigterm_pending = False
+            raise Terminated()
         return False
 
     def __del__(self) -> None:

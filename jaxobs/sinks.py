@@ -114,7 +114,8 @@ class TerminalSink:
                 self._progress.update(self._task, total=self.total_steps)
 
     def handle_metrics(self, event: Event) -> None:
-        self.latest.update(event.metrics)
+        # Rebind, never mutate: rich's refresh thread reads `latest` concurrently.
+        self.latest = {**self.latest, **event.metrics}
         if not self.live:
             return
         self._ensure_bar()
