@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--all",
         action="store_true",
-        help="show every metric (default: at most 40, per-layer statistics last)",
+        help="list every series (default: training metrics only, at most 40)",
     )
     export = sub.add_parser("export", help="write the run's metrics as json or csv")
     export.add_argument("run", help="run directory or TrainLog JSON file")
@@ -170,12 +170,18 @@ def _show(log: TrainLog, record, show_all: bool) -> None:
         for key, value in _flatten(run.config):
             table.add_row(key, json.dumps(value, ensure_ascii=False))
         console.print(table)
+    _show_layers(console, log)
     summaries = summarize(log)
     if not summaries:
         console.print("no metrics logged")
         return
     summaries.sort(key=lambda s: s.name.startswith(_STAT_PREFIXES))
-    shown = summaries if show_all else summaries[:40]
+    if show_all:
+        shown = summaries
+    else:  # per-layer statistics are summarised in the layers table above
+        shown = [s for s in summaries if not s.name.startswith(_STAT_PREFIXES)][:40] or (
+            summaries[:40]
+        )
     table = Table(title="metrics", title_justify="left")
     table.add_column("metric", no_wrap=True, overflow="fold")
     for col in ("last", "at step", "best", "at step", "n", "non-finite"):
@@ -193,9 +199,58 @@ def _show(log: TrainLog, record, show_all: bool) -> None:
         )
     console.print(table)
     if len(shown) < len(summaries):
-        console.print(f"... {len(summaries) - len(shown)} more metrics (--all shows them)")
+        console.print(
+            f"... and {len(summaries) - len(shown)} more series, per-layer statistics included "
+            "(--all lists them)"
+        )
     if log.artifacts:
         console.print("artifacts: " + ", ".join(f"{a.name} ({a.path})" for a in log.artifacts))
+
+
+def _layer_table(log: TrainLog) -> dict[str, dict[str, float]]:
+    """Per layer, at each metric's last step: norms of grads and params (combined over the
+    layer's leaves), the update ratio, and activation dead fraction and mean."""
+    import math
+
+    sq: dict[tuple[str, str], float] = {}
+    direct: dict[tuple[str, str], float] = {}
+    for series in log.series:
+        if not series.values:
+            continue
+        parts = series.name.split("/")
+        group, stat, last = parts[0], parts[-1], series.values[-1]
+        if group in ("grads", "params") and stat == "norm" and len(parts) >= 4:
+            key = (group, "/".join(parts[1:-2]))
+            sq[key] = sq.get(key, 0.0) + last * last
+        elif group == "updates" and stat == "update_ratio":
+            direct[("update_ratio", "/".join(parts[1:-1]))] = last
+        elif group == "acts" and stat in ("dead_frac", "mean"):
+            direct[(f"acts {stat}", "/".join(parts[1:-1]))] = last
+    table: dict[str, dict[str, float]] = {}
+    for (group, layer), value in sq.items():
+        table.setdefault(layer, {})[f"{group} norm"] = math.sqrt(value)
+    for (column, layer), value in direct.items():
+        table.setdefault(layer, {})[column] = value
+    return table
+
+
+def _show_layers(console, log: TrainLog) -> None:
+    from rich.table import Table
+
+    from jaxobs.sinks import format_value
+
+    table_data = _layer_table(log)
+    if not table_data:
+        return
+    columns = ["grads norm", "params norm", "update_ratio", "acts dead_frac", "acts mean"]
+    columns = [c for c in columns if any(c in row for row in table_data.values())]
+    table = Table(title="layers (last values)", title_justify="left")
+    table.add_column("layer", no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    for layer, row in table_data.items():
+        table.add_row(layer, *(format_value(row[c]) if c in row else "" for c in columns))
+    console.print(table)
 
 
 def _flatten(config: dict, prefix: str = ""):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import logging
 import queue
 import threading
@@ -51,6 +52,8 @@ class _Collector:
     per: str
     act_stats: tuple[str, ...]
     active: Any  # traced bool: compute statistics at this step (every=N)
+    watch: frozenset = frozenset(("grads", "taps", "acts"))
+    scalars: set = dataclasses.field(default_factory=set)  # delivered at every step
     values: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
     def add(self, key: str, value: Any) -> None:
@@ -115,8 +118,11 @@ def tap(**named: Any) -> None:
     for name, value in named.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"tap names must be non-empty strings, got {name!r}")
+        if ("grads" if name == "grads" else "taps") not in collector.watch:
+            continue
         if _is_scalar(value):
             collector.add(name, jnp.asarray(value, jnp.float32))
+            collector.scalars.add(name)
         else:
             value = _pure(value)  # an nnx.State: paths like its parameters' (no "/value")
             reduced = collector.gated(
@@ -279,12 +285,14 @@ def _nnx_activations(roots: Sequence[Any]):
                 cls = type(module)
                 if isinstance(module, known) and cls not in _NNX_SUBCLASSES.values():
                     object.__setattr__(module, "_jaxobs_path", "/".join(str(p) for p in path))
-                    module.__class__ = _nnx_observed_class(cls)
+                    # object.__setattr__: nnx's own __setattr__ would record "__class__" as
+                    # a graph node and change the model's graphdef (a recompile).
+                    object.__setattr__(module, "__class__", _nnx_observed_class(cls))
                     swapped.append((module, cls))
         yield
     finally:
         for module, cls in swapped:
-            module.__class__ = cls
+            object.__setattr__(module, "__class__", cls)
             with contextlib.suppress(AttributeError):
                 object.__delattr__(module, "_jaxobs_path")
 
@@ -293,15 +301,13 @@ def _nnx_activations(roots: Sequence[Any]):
 
 
 def _is_nnx(value: Any) -> bool:
+    """An NNX graph object: a Module, an Optimizer (an ``nnx.Pytree`` in flax 0.12), ..."""
     try:
         from flax import nnx
     except ImportError:
         return False
-    return (
-        isinstance(value, (nnx.Module, nnx.Object))
-        if hasattr(nnx, "Object")
-        else isinstance(value, nnx.Module)
-    )
+    kinds = tuple(getattr(nnx, n) for n in ("Module", "Object", "Pytree") if hasattr(nnx, n))
+    return isinstance(value, kinds)
 
 
 def _is_train_state(value: Any) -> bool:
@@ -364,30 +370,36 @@ class _Packed:
     """One step's statistics: a float32 vector and the step; the keys ride along as static
     data, so they come back with the jit's outputs."""
 
-    def __init__(self, step, valid, vector, keys: tuple[str, ...]):
-        self.step, self.valid, self.vector, self.keys = step, valid, vector, keys
+    def __init__(self, step, valid, vector, keys: tuple[str, ...], n_always: int = 0):
+        self.step, self.valid, self.vector = step, valid, vector
+        self.keys, self.n_always = keys, n_always
 
     def tree_flatten(self):
-        return (self.step, self.valid, self.vector), self.keys
+        return (self.step, self.valid, self.vector), (self.keys, self.n_always)
 
     @classmethod
-    def tree_unflatten(cls, keys, children):
-        return cls(*children, keys)
+    def tree_unflatten(cls, aux, children):
+        return cls(*children, *aux)
 
 
-def _pack(step: Any, valid: Any, values: Mapping[str, Any]) -> _Packed:
-    keys = tuple(values)
+def _pack(step: Any, valid: Any, values: Mapping[str, Any], always: Iterable[str] = ()) -> _Packed:
+    """Pack values into one vector; the ``always`` keys come first and are delivered at every
+    step, the others (statistics) only where ``valid`` (every=N)."""
+    first = [k for k in values if k in set(always)]
+    keys = (*first, *(k for k in values if k not in set(first)))
     vector = (
         jnp.stack([jnp.asarray(values[k], jnp.float32).reshape(()) for k in keys])
         if keys
         else jnp.zeros((0,), jnp.float32)
     )
-    return _Packed(jnp.asarray(step, jnp.int32), jnp.asarray(valid), vector, keys)
+    return _Packed(jnp.asarray(step, jnp.int32), jnp.asarray(valid), vector, keys, len(first))
 
 
-def _unpack(step: Any, valid: Any, vector: Any, keys: Sequence[str]) -> tuple[int, bool, dict]:
+def _unpack(step: Any, valid: Any, vector: Any, keys: Sequence[str], n_always: int) -> tuple:
+    """(step, values to log): every value at a valid step, else the always-delivered ones."""
     vector = np.asarray(vector)
-    return int(step), bool(valid), {k: float(v) for k, v in zip(keys, vector, strict=True)}
+    count = len(keys) if bool(valid) else n_always
+    return int(step), {k: float(v) for k, v in zip(keys[:count], vector[:count], strict=True)}
 
 
 # ----------------------------------------------------------------------------- host side
@@ -420,7 +432,7 @@ class _Deliverer:
             packed = self._queue.get()
             try:
                 step, valid, vector = jax.device_get((packed.step, packed.valid, packed.vector))
-                self._observed._deliver(*_unpack(step, valid, vector, packed.keys))
+                self._observed._deliver(*_unpack(step, valid, vector, packed.keys, packed.n_always))
             except Exception as e:  # never let the thread die: report and go on
                 logger.warning("jaxobs: could not deliver statistics: %s: %s", type(e).__name__, e)
             finally:
@@ -478,6 +490,9 @@ class Observed:
         self._use_jit = jit
         self._jitted: Callable | None = None
         self._host_step = 0
+        self._step_on_host = False  # callbacks without a device step: numbered on arrival
+        self._callback_step = 0
+        self._uses_callbacks = False
         self._deliverer = _Deliverer(self)
         self._runs_hooked: set[int] = set()
         functools.update_wrapper(self, fn)
@@ -487,8 +502,11 @@ class Observed:
     def _body(self, step: Any, args: tuple, kwargs: dict) -> tuple[Any, _Packed]:
         device_step = _device_step(args)
         step = device_step if device_step is not None else step
-        active = True if self.every == 1 else (jnp.asarray(step) % self.every == 0)
-        collector = _Collector(self.stats, self.per, self.act_stats, active)
+        if self.every == 1 or (device_step is None and self._step_on_host):
+            active = True  # (numbered on the host: `every` is applied there)
+        else:
+            active = jnp.asarray(step) % self.every == 0
+        collector = _Collector(self.stats, self.per, self.act_stats, active, watch=self.watch)
         nnx_model, params_before = (None, None)
         if any(_is_nnx(a) for a in args):
             nnx_model, params_before = _nnx_params(args)
@@ -502,13 +520,13 @@ class Observed:
             )
         with _collecting(collector), acts:
             out = self.fn(*args, **kwargs)
-        values = self._auto_stats(collector, args, out, nnx_model, params_before)
+        values, metrics = self._auto_stats(collector, args, out, nnx_model, params_before)
         values.update(collector.values)
-        return out, _pack(step, active, values)
+        return out, _pack(step, active, values, always=metrics | collector.scalars)
 
     def _auto_stats(
         self, collector: _Collector, args: tuple, out: Any, nnx_model: Any, params_before: Any
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], set[str]]:
         before = after = None
         if nnx_model is not None:
             from flax import nnx
@@ -541,26 +559,41 @@ class Observed:
 
             values.update(collector.gated(compute))
         metrics = _metrics_of(out)
+        metric_keys: set[str] = set()
         if metrics is not None and "metrics" in self.watch:
             for key, value in _stats.flatten_stats(metrics).items():
                 if _is_scalar(value) and jnp.issubdtype(jnp.asarray(value).dtype, jnp.number):
                     name = f"{self.metrics_prefix}/{key}" if self.metrics_prefix else key
                     values[name] = jnp.asarray(value, jnp.float32)
-        return values
+                    metric_keys.add(name)
+        return values, metric_keys
 
     # -- calling
 
-    def _traced(self, step, *args, **kwargs):
-        return self._body(step, args, kwargs)
+    def _traced_fn(self) -> Callable:
+        """The jitted body: the user's step with the step counter as a first argument. Its
+        signature is the user's with that argument prepended, so `static_argnames` and
+        `donate_argnames` resolve as in the user's own step."""
+
+        def traced(_jaxobs_step, *args, **kwargs):
+            return self._body(_jaxobs_step, args, kwargs)
+
+        try:
+            sig = inspect.signature(self.fn)
+            first = inspect.Parameter("_jaxobs_step", inspect.Parameter.POSITIONAL_ONLY)
+            traced.__signature__ = sig.replace(parameters=[first, *sig.parameters.values()])
+        except (TypeError, ValueError):  # builtins and the like: keep *args
+            pass
+        return traced
 
     def _get_jitted(self, args: tuple) -> Callable:
         if self._jitted is None:
             if any(_is_nnx(a) for a in args):
                 from flax import nnx
 
-                self._jitted = nnx.jit(self._traced, **self._shift(self._jit_kwargs))
+                self._jitted = nnx.jit(self._traced_fn(), **self._shift(self._jit_kwargs))
             else:
-                self._jitted = jax.jit(self._traced, **self._shift(self._jit_kwargs))
+                self._jitted = jax.jit(self._traced_fn(), **self._shift(self._jit_kwargs))
         return self._jitted
 
     @staticmethod
@@ -600,16 +633,25 @@ class Observed:
         """Inside someone else's trace: deliver through one io_callback per step."""
         from jax.experimental import io_callback
 
-        step = self._host_step
-        self._host_step += 1
-        out, packed = self._body(jnp.int32(step), args, kwargs)
-        keys = packed.keys
+        self._uses_callbacks = True
+        self._hook_run()  # at trace time: the run to flush before it ends
+        # Without a step in the state, a host counter read here would be a constant of the
+        # trace: the step is then given on arrival, by ordered callbacks.
+        self._step_on_host = _device_step(args) is None
+        out, packed = self._body(jnp.int32(-1), args, kwargs)
+        keys, n_always = packed.keys, packed.n_always
 
         def receive(s, valid, vector):
             self._hook_run()
-            self._deliver(*_unpack(s, valid, vector, keys))
+            s = int(s)
+            if s < 0:  # numbered on arrival (ordered callbacks)
+                s, self._callback_step = self._callback_step, self._callback_step + 1
+                valid = s % self.every == 0
+            self._deliver(*_unpack(s, valid, vector, keys, n_always))
 
-        io_callback(receive, None, packed.step, packed.valid, packed.vector, ordered=False)
+        io_callback(
+            receive, None, packed.step, packed.valid, packed.vector, ordered=self._step_on_host
+        )
         return out
 
     # -- host delivery
@@ -625,10 +667,10 @@ class Observed:
         run = self._target_run()
         if run is not None and id(run) not in self._runs_hooked:
             self._runs_hooked.add(id(run))
-            run._before_finish.append(self._deliverer.flush)
+            run._before_finish.append(self.flush)
 
-    def _deliver(self, step: int, valid: bool, values: dict[str, float]) -> None:
-        if not valid or not values:
+    def _deliver(self, step: int, values: dict[str, float]) -> None:
+        if not values:
             return
         run = self._target_run()
         if run is None:
@@ -644,6 +686,8 @@ class Observed:
 
     def flush(self) -> None:
         """Wait until every step's statistics so far have been logged."""
+        if self._uses_callbacks:
+            jax.effects_barrier()  # callbacks still in flight arrive before this returns
         self._deliverer.flush()
 
 
@@ -664,8 +708,9 @@ def observe(
     - a plain optax step ``(params, opt_state, batch) -> (params, opt_state, metrics)``:
 
     ``params/<path>/<stat>`` of the new parameters, ``updates/<path>/<stat>`` of new minus old
-    parameters with ``updates/<layer>/update_ratio``, and ``train/<name>`` for every scalar in
-    the returned metrics dict. Gradients (and anything else) are recorded with
+    parameters, ``updates/<layer>/update_ratio`` (``||new - old|| / ||new||`` over the layer's
+    leaves, from the norms already computed), and ``train/<name>`` for every scalar in the
+    returned metrics dict. Gradients (and anything else) are recorded with
     ``jaxobs.tap(grads=grads)`` inside the step. With ``activations=True``, the outputs of flax
     linen and NNX layers (Dense/Linear, Conv, ConvTranspose, norms, Embed, attention) are
     reduced to ``acts/<layer path>/<stat>`` where they are produced.

@@ -22,8 +22,9 @@ Statistics (`STATS`), each a float32 scalar:
 ==============  ==========================================================================
 
 A leaf with NaN or infinite elements is reported as such (``nonfinite`` > 0) while its other
-statistics describe its finite part, and other leaves are never affected. bf16 and f16 leaves
-are accumulated in float32; integer, boolean and empty leaves are skipped. Choosing a subset
+statistics describe its finite part (NaN when it has no finite element), and other leaves
+are never affected. bf16 and f16 leaves are accumulated in float32; integer, boolean,
+complex and empty leaves are skipped. Choosing a subset
 of statistics computes only that subset. The non-finite count and the finite masks are
 computed only when a leaf's sums are not finite (behind `lax.cond`), so healthy steps pay
 for plain reductions only.
@@ -85,8 +86,8 @@ def _float_leaves(tree: Any) -> list[tuple[str, jax.Array]]:
     """(path, leaf) for every floating-point, non-empty leaf."""
     out = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            continue
+        if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue  # integer, boolean and complex leaves are skipped
         if math.prod(leaf.shape) == 0:
             continue
         out.append((path_str(path), leaf))
@@ -94,45 +95,80 @@ def _float_leaves(tree: Any) -> list[tuple[str, jax.Array]]:
 
 
 def _moments(x: jax.Array, need: set[str]) -> dict[str, jax.Array]:
-    """Raw reductions of ``x`` (float32): sum, sumsq, min, max, zeros, count, nonfinite."""
+    """Combinable reductions of one leaf, in float32.
+
+    Returns count (finite elements), nonfinite, and as needed: sum, m2 (sum of squared
+    deviations from the leaf's mean, in units of ``scale**2``, for std), scale, norm, min,
+    max, zeros.
+
+    Healthy leaves (every sum finite) take one pass of sibling reductions; the variance uses
+    a shift by the mean of a small strided sample, so a leaf like ``100 + 0.01 * noise``
+    keeps its digits.
+    A leaf with NaN/inf elements, or whose squares overflow float32, takes a masked and scaled
+    two-pass route instead, behind `lax.cond`, so healthy steps never pay for it.
+    """
     x = x.astype(jnp.float32) if x.dtype != jnp.float32 else x
     n = jnp.float32(x.size)
+    want_sq = bool(need & {"sumsq", "m2"})
     plain: dict[str, jax.Array] = {}
-    if need & {"sum"}:
-        plain["sum"] = jnp.sum(x)
-    if need & {"sumsq"}:
-        plain["sumsq"] = jnp.sum(x * x)
-    if need & {"min"}:
+    checks = [jnp.sum(x)] if (need & {"sum", "m2"}) or not need else []
+    if need & {"sum", "m2"}:
+        plain["sum"] = checks[0]
+    if want_sq:
+        sumsq = jnp.sum(x * x)
+        checks.append(sumsq)
+        plain["norm"] = jnp.sqrt(sumsq)
+    if "m2" in need:
+        # Shift by the mean of a strided sample (at most 256 elements, cheap): values far from
+        # zero keep their digits, and one outlier barely moves the shift.
+        flat = x.reshape(-1)
+        stride = max(1, flat.size // 256)
+        d = x - jnp.mean(flat[::stride][:256])
+        dsum, dssq = jnp.sum(d), jnp.sum(d * d)
+        checks += [dsum, dssq]
+        plain["m2"] = jnp.maximum(dssq - dsum * dsum / n, 0.0)
+        plain["scale"] = jnp.float32(1.0)
+    if "min" in need:
         plain["min"] = jnp.min(x)
-    if need & {"max"}:
+    if "max" in need:
         plain["max"] = jnp.max(x)
-    if need & {"zeros"}:
+    if "zeros" in need:
         plain["zeros"] = jnp.sum((x == 0).astype(jnp.float32))
-    checks = [v for k, v in plain.items() if k in ("sum", "sumsq")]
-    if not checks:  # min/max/zeros alone: a non-finite check needs a sum
+    if not checks:  # min/max/zeros alone: a finiteness check needs a sum
         checks = [jnp.sum(x)]
 
-    def finite_only(_):
+    def rare(_):
         finite = jnp.isfinite(x)
-        out = {}
+        xf = jnp.where(finite, x, 0.0)
+        count = jnp.sum(finite.astype(jnp.float32))
+        out = {"nonfinite": n - count}
         if "sum" in plain:
-            out["sum"] = jnp.sum(jnp.where(finite, x, 0.0))
-        if "sumsq" in plain:
-            out["sumsq"] = jnp.sum(jnp.where(finite, x * x, 0.0))
+            out["sum"] = jnp.sum(xf)
+        if want_sq or "m2" in plain:
+            scale = jnp.max(jnp.abs(xf))
+            scale = jnp.where(scale > 0, scale, 1.0)
+            out["norm"] = scale * jnp.sqrt(jnp.sum(jnp.square(xf / scale)))
+            if "m2" in plain:
+                mean = jnp.sum(xf / scale) / jnp.maximum(count, 1.0)
+                dev = jnp.where(finite, x / scale - mean, 0.0)
+                out["m2"] = jnp.sum(dev * dev)  # in units of scale**2: no overflow
+                out["scale"] = scale
         if "min" in plain:
             out["min"] = jnp.min(jnp.where(finite, x, jnp.inf))
         if "max" in plain:
             out["max"] = jnp.max(jnp.where(finite, x, -jnp.inf))
         if "zeros" in plain:
             out["zeros"] = plain["zeros"]
-        out["nonfinite"] = jnp.sum((~finite).astype(jnp.float32))
         return out
 
-    def all_finite(_):
+    def healthy_(_):
         return {**plain, "nonfinite": jnp.float32(0)}
 
     healthy = jnp.all(jnp.isfinite(jnp.stack(checks)))
-    out = lax.cond(healthy, all_finite, finite_only, None)
+    if isinstance(healthy, jax.core.Tracer):
+        out = lax.cond(healthy, healthy_, rare, None)
+    else:  # called eagerly: choose in Python, so nothing is compiled per call
+        out = healthy_(None) if bool(healthy) else rare(None)
     out["count"] = n - out["nonfinite"]
     return out
 
@@ -141,7 +177,7 @@ _NEEDS = {
     "norm": {"sumsq"},
     "rms": {"sumsq"},
     "mean": {"sum"},
-    "std": {"sum", "sumsq"},
+    "std": {"sum", "m2"},
     "min": {"min"},
     "max": {"max"},
     "max_abs": {"min", "max"},
@@ -151,28 +187,59 @@ _NEEDS = {
 
 
 def _finish(m: Mapping[str, jax.Array], stats: Sequence[str], size: float) -> dict[str, jax.Array]:
-    count = jnp.maximum(m["count"], 1.0)
+    count = m["count"]
+    empty = count == 0  # no finite element: statistics of the finite part are undefined
+    safe = jnp.maximum(count, 1.0)
+    nan = jnp.float32(jnp.nan)
     out = {}
     for s in stats:
         if s == "norm":
-            out[s] = jnp.sqrt(m["sumsq"])
+            out[s] = m["norm"]
         elif s == "rms":
-            out[s] = jnp.sqrt(m["sumsq"] / count)
+            out[s] = jnp.where(empty, nan, m["norm"] / jnp.sqrt(safe))
         elif s == "mean":
-            out[s] = m["sum"] / count
+            out[s] = jnp.where(empty, nan, m["sum"] / safe)
         elif s == "std":
-            mean = m["sum"] / count
-            out[s] = jnp.sqrt(jnp.maximum(m["sumsq"] / count - mean * mean, 0.0))
+            out[s] = jnp.where(empty, nan, m["scale"] * jnp.sqrt(m["m2"] / safe))
         elif s == "min":
-            out[s] = m["min"]
+            out[s] = jnp.where(empty, nan, m["min"])
         elif s == "max":
-            out[s] = m["max"]
+            out[s] = jnp.where(empty, nan, m["max"])
         elif s == "max_abs":
-            out[s] = jnp.maximum(jnp.abs(m["min"]), jnp.abs(m["max"]))
+            out[s] = jnp.where(empty, nan, jnp.maximum(jnp.abs(m["min"]), jnp.abs(m["max"])))
         elif s == "zero_frac":
             out[s] = m["zeros"] / jnp.float32(size)
         elif s == "nonfinite":
             out[s] = m["nonfinite"]
+    return out
+
+
+def _combine(parts: Sequence[Mapping[str, jax.Array]]) -> dict[str, jax.Array]:
+    """Moments of several leaves as one (Chan et al.'s parallel variance for m2)."""
+    count = sum(p["count"] for p in parts)
+    out = {"count": count, "nonfinite": sum(p["nonfinite"] for p in parts)}
+    if "sum" in parts[0]:
+        out["sum"] = sum(p["sum"] for p in parts)
+    if "norm" in parts[0]:  # scaled by the largest, so squares cannot overflow
+        norms = jnp.stack([p["norm"] for p in parts])
+        top = jnp.max(norms)
+        top = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
+        out["norm"] = top * jnp.sqrt(jnp.sum(jnp.square(norms / top)))
+    if "m2" in parts[0]:
+        mean = out["sum"] / jnp.maximum(count, 1.0)
+        scale = jnp.max(jnp.stack([p["scale"] for p in parts]))
+        out["scale"] = scale
+        out["m2"] = sum(
+            jnp.square(p["scale"] / scale) * p["m2"]
+            + p["count"] * jnp.square((p["sum"] / jnp.maximum(p["count"], 1.0) - mean) / scale)
+            for p in parts
+        )
+    if "zeros" in parts[0]:
+        out["zeros"] = sum(p["zeros"] for p in parts)
+    if "min" in parts[0]:
+        out["min"] = jnp.min(jnp.stack([p["min"] for p in parts]))
+    if "max" in parts[0]:
+        out["max"] = jnp.max(jnp.stack([p["max"] for p in parts]))
     return out
 
 
@@ -237,18 +304,7 @@ def tree_stats(
         groups.setdefault(group_by_layer(path), []).append(leaf)
     out = {}
     for layer, members in groups.items():
-        parts = [_moments(leaf, need) for leaf in members]
-        combined = {
-            "count": sum(p["count"] for p in parts),
-            "nonfinite": sum(p["nonfinite"] for p in parts),
-        }
-        for key in ("sum", "sumsq", "zeros"):
-            if key in parts[0]:
-                combined[key] = sum(p[key] for p in parts)
-        if "min" in parts[0]:
-            combined["min"] = jnp.min(jnp.stack([p["min"] for p in parts]))
-        if "max" in parts[0]:
-            combined["max"] = jnp.max(jnp.stack([p["max"] for p in parts]))
+        combined = _combine([_moments(leaf, need) for leaf in members])
         size = float(sum(math.prod(leaf.shape) for leaf in members))
         for s, v in _finish(combined, stats, size).items():
             out[f"{head}{layer}/{s}"] = v
@@ -296,13 +352,15 @@ def activation_stats(
 
     A unit is one index of ``unit_axis`` (the features of a Dense layer, the channels of a
     convolution); every other axis is batch (and space). A unit is *dead for this batch* when
-    it is zero for every example and position.
+    its value is <= 0 for every example and position: for the output of a ReLU that means zero
+    everywhere, and for a layer's pre-activation output (what flax's ``Dense`` and ``Conv``
+    return, before the ReLU applied outside them) it means a ReLU after it would be dead.
 
     Args:
       x: The activation.
       stats: From `ACT_STATS`: ``mean``, ``std``, ``max_abs``, ``zero_frac`` (fraction of zero
-        elements), ``dead_frac`` (fraction of units dead for this batch), ``saturation_frac``
-        (fraction of elements saturated; needs ``saturation``).
+        elements), ``dead_frac`` (fraction of units dead for this batch, as above),
+        ``saturation_frac`` (fraction of elements saturated; needs ``saturation``).
       unit_axis: The axis of units.
       saturation: ``"tanh"`` (``|x| > 0.99``) or ``"sigmoid"`` (``x < 0.01`` or
         ``x > 0.99``) to compute ``saturation_frac``; None skips it.
@@ -314,8 +372,8 @@ def activation_stats(
     out = leaf_stats(x32, base) if base else {}
     if "dead_frac" in stats:
         axis = unit_axis % x.ndim
-        alive = jnp.any(x32 != 0, axis=tuple(a for a in range(x.ndim) if a != axis))
-        out["dead_frac"] = 1.0 - jnp.mean(alive.astype(jnp.float32))
+        alive = jnp.any(x32 > 0, axis=tuple(a for a in range(x.ndim) if a != axis))
+        out["dead_frac"] = jnp.sum(~alive).astype(jnp.float32) / jnp.float32(alive.size)
     if "saturation_frac" in stats and saturation is not None:
         if saturation == "tanh":
             sat = jnp.abs(x32) > 0.99

@@ -71,3 +71,36 @@ def test_log_overhead_benchmark_prints_json():
     result = json.loads(out.stdout)
     assert result["calls"] == 50 and result["finish_steps"] == 100
     assert result["log_us_per_call"] > 0 and result["finish_s"] > 0
+
+
+def test_nnx_example_records_engine_statistics(tmp_path):
+    """examples/02 (NNX MLP): grads, params, updates and acts series for every layer."""
+    out = subprocess.run(
+        [
+            PYTHON,
+            str(REPO / "examples" / "02_digits_nnx_mlp.py"),
+            "--dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    run_dir = re.search(r"run directory: (\S+)", out.stdout).group(1)
+    log = json.loads(
+        (tmp_path / "digits-nnx" / run_dir.rsplit("/", 1)[-1] / "trainlog.json").read_text()
+    )
+    names = {s["name"] for s in log["series"]}
+    for layer in ("hidden1", "hidden2", "out"):
+        for key in (
+            f"grads/{layer}/kernel/norm",
+            f"params/{layer}/kernel/norm",
+            f"updates/{layer}/kernel/norm",
+            f"updates/{layer}/update_ratio",
+            f"acts/{layer}/dead_frac",
+        ):
+            assert key in names, key
+    assert "train/loss" in names and "val/accuracy" in names
