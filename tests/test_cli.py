@@ -44,7 +44,7 @@ def finished_run(tmp_path):
 def test_show_prints_metadata_config_and_last_best(finished_run, capsys):
     """show lists run metadata, flattened config, and last/best per metric."""
     run, loss, acc = finished_run
-    assert main(["show", str(run.dir)]) == 0
+    assert main(["show", str(run.dir), "--all"]) == 0
     out = capsys.readouterr().out
     for text in ("proj", "cli-run", run.id, "finished", "opt.name", '"sgd"', "lr"):
         assert text in out
@@ -55,6 +55,17 @@ def test_show_prints_metadata_config_and_last_best(finished_run, capsys):
     assert f"{max(acc):.4g} (max)" in rows["val/accuracy"]
     assert rows["val/loss"].split("│")[-2].strip() == "1"  # the non-finite column
     assert "(min)" not in rows["grads/Dense_0/kernel/norm"]  # statistics have no direction
+
+
+def test_show_summarises_layers_and_hides_their_series(finished_run, capsys):
+    """By default, per-layer statistics appear in the layers table, not as metric rows."""
+    run, _, _ = finished_run
+    assert main(["show", str(run.dir)]) == 0
+    out = capsys.readouterr().out
+    layers = out[out.index("layers (last values)") : out.index("metrics")]
+    assert "Dense_0" in layers and "grads norm" in layers
+    assert "grads/Dense_0/kernel/norm" not in out
+    assert "--all lists them" in out
 
 
 def test_show_accepts_a_trainlog_file(finished_run, capsys):
