@@ -8,24 +8,23 @@ import numpy as np
 from helpers import PYTHON, REPO, read_events
 
 
-def test_digits_demo_leaves_a_complete_run_directory(tmp_path):
-    """examples/01: prints its run directory; events, trainlog and confusion matrix agree."""
+def _run_example(script: str, *args: str):
+    """Run an example script; return its stdout and the run directory it printed."""
     out = subprocess.run(
-        [
-            PYTHON,
-            str(REPO / "examples" / "01_digits_cnn.py"),
-            "--dir",
-            str(tmp_path),
-            "--epochs",
-            "2",
-            "--show",
-        ],
+        [PYTHON, str(REPO / "examples" / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    run_dir = re.search(r"run directory: (\S+)", out.stdout).group(1)
+    return out.stdout, re.search(r"run directory: (\S+)", out.stdout).group(1)
+
+
+def test_digits_demo_leaves_a_complete_run_directory(tmp_path):
+    """examples/01: prints its run directory; events, trainlog and confusion matrix agree."""
+    stdout, run_dir = _run_example(
+        "01_digits_cnn.py", "--dir", str(tmp_path), "--epochs", "2", "--show"
+    )
     events = read_events(run_dir)
     assert events[0]["run"]["config"]["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9}
     assert events[-1]["status"] == "finished"
@@ -47,7 +46,7 @@ def test_digits_demo_leaves_a_complete_run_directory(tmp_path):
     assert np.trace(matrix) / matrix.sum() == series["val/accuracy"]["values"][-1]
     # Training did something: validation accuracy far above chance (10 classes).
     assert series["val/accuracy"]["values"][-1] > 0.5
-    assert "jaxobs show" in out.stdout and "train/loss" in out.stdout
+    assert "jaxobs show" in stdout and "train/loss" in stdout
 
 
 def test_log_overhead_benchmark_prints_json():
@@ -75,21 +74,7 @@ def test_log_overhead_benchmark_prints_json():
 
 def test_nnx_example_records_engine_statistics(tmp_path):
     """examples/02 (NNX MLP): grads, params, updates and acts series for every layer."""
-    out = subprocess.run(
-        [
-            PYTHON,
-            str(REPO / "examples" / "02_digits_nnx_mlp.py"),
-            "--dir",
-            str(tmp_path),
-            "--epochs",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
-    run_dir = re.search(r"run directory: (\S+)", out.stdout).group(1)
+    _, run_dir = _run_example("02_digits_nnx_mlp.py", "--dir", str(tmp_path), "--epochs", "1")
     log = json.loads(
         (tmp_path / "digits-nnx" / run_dir.rsplit("/", 1)[-1] / "trainlog.json").read_text()
     )
