@@ -24,6 +24,7 @@ import inspect
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -494,7 +495,7 @@ class Observed:
         self._callback_step = 0
         self._uses_callbacks = False
         self._deliverer = _Deliverer(self)
-        self._runs_hooked: set[int] = set()
+        self._runs_hooked: weakref.WeakSet = weakref.WeakSet()  # ids can be reused; runs not
         functools.update_wrapper(self, fn)
 
     # -- the traced body
@@ -551,10 +552,11 @@ class Observed:
                     )
                 if "updates" in self.watch:
                     updates = jax.tree.map(lambda a, b: a - b, after, before)
-                    out_stats.update(
-                        _stats.tree_stats(updates, self.stats, per=self.per, prefix="updates")
+                    upd_stats = _stats.tree_stats(
+                        updates, self.stats, per=self.per, prefix="updates"
                     )
-                    out_stats.update(_stats.update_ratio(updates, before, prefix="updates"))
+                    out_stats.update(upd_stats)
+                    out_stats.update(self._update_ratio(upd_stats, out_stats, updates, after))
                 return out_stats
 
             values.update(collector.gated(compute))
@@ -567,6 +569,25 @@ class Observed:
                     values[name] = jnp.asarray(value, jnp.float32)
                     metric_keys.add(name)
         return values, metric_keys
+
+    def _update_ratio(self, upd: dict, params: dict, updates: Any, after: Any) -> dict:
+        """``updates/<layer>/update_ratio`` = ||new - old|| / ||new|| per layer, from the
+        per-leaf norms already computed when there are any (no second pass over the trees)."""
+        if "norm" not in self.stats or self.per != "leaf" or "params" not in self.watch:
+            return _stats.update_ratio(updates, after, prefix="updates")
+        sq_u: dict[str, Any] = {}
+        sq_p: dict[str, Any] = {}
+        for key, value in upd.items():
+            if key.endswith("/norm"):
+                path = key[len("updates/") : -len("/norm")]
+                layer = _stats.group_by_layer(path)
+                p = params[f"params/{path}/norm"]
+                sq_u[layer] = sq_u.get(layer, 0.0) + value * value
+                sq_p[layer] = sq_p.get(layer, 0.0) + p * p
+        return {
+            f"updates/{layer}/update_ratio": jnp.sqrt(sq_u[layer]) / (jnp.sqrt(sq_p[layer]) + 1e-12)
+            for layer in sq_u
+        }
 
     # -- calling
 
@@ -665,8 +686,8 @@ class Observed:
 
     def _hook_run(self) -> None:
         run = self._target_run()
-        if run is not None and id(run) not in self._runs_hooked:
-            self._runs_hooked.add(id(run))
+        if run is not None and run not in self._runs_hooked:
+            self._runs_hooked.add(run)
             run._before_finish.append(self.flush)
 
     def _deliver(self, step: int, values: dict[str, float]) -> None:

@@ -111,23 +111,33 @@ def _moments(x: jax.Array, need: set[str]) -> dict[str, jax.Array]:
     n = jnp.float32(x.size)
     want_sq = bool(need & {"sumsq", "m2"})
     plain: dict[str, jax.Array] = {}
-    checks = [jnp.sum(x)] if (need & {"sum", "m2"}) or not need else []
-    if need & {"sum", "m2"}:
-        plain["sum"] = checks[0]
-    if want_sq:
-        sumsq = jnp.sum(x * x)
-        checks.append(sumsq)
-        plain["norm"] = jnp.sqrt(sumsq)
+    checks: list[jax.Array] = []
     if "m2" in need:
-        # Shift by the mean of a strided sample (at most 256 elements, cheap): values far from
-        # zero keep their digits, and one outlier barely moves the shift.
+        # Shifted sums by the mean of a strided sample (at most 256 elements): values far from
+        # zero keep their digits, one outlier barely moves the shift, and the plain sum and
+        # sum of squares follow from the same two reductions (all terms there are >= 0 but
+        # the small c * dsum, so nothing cancels).
         flat = x.reshape(-1)
         stride = max(1, flat.size // 256)
-        d = x - jnp.mean(flat[::stride][:256])
+        c = jnp.mean(flat[::stride][:256])
+        d = x - c
         dsum, dssq = jnp.sum(d), jnp.sum(d * d)
         checks += [dsum, dssq]
         plain["m2"] = jnp.maximum(dssq - dsum * dsum / n, 0.0)
         plain["scale"] = jnp.float32(1.0)
+        plain["sum"] = dsum + n * c
+        if want_sq and "sumsq" in need:
+            plain["norm"] = jnp.sqrt(jnp.maximum(dssq + 2.0 * c * dsum + n * c * c, 0.0))
+    else:
+        if "sum" in need or not need:
+            plain["sum"] = jnp.sum(x)
+            checks.append(plain["sum"])
+        if "sumsq" in need:
+            sumsq = jnp.sum(x * x)
+            checks.append(sumsq)
+            plain["norm"] = jnp.sqrt(sumsq)
+    if not need:
+        plain.pop("sum", None)
     if "min" in need:
         plain["min"] = jnp.min(x)
     if "max" in need:
@@ -147,7 +157,8 @@ def _moments(x: jax.Array, need: set[str]) -> dict[str, jax.Array]:
         if want_sq or "m2" in plain:
             scale = jnp.max(jnp.abs(xf))
             scale = jnp.where(scale > 0, scale, 1.0)
-            out["norm"] = scale * jnp.sqrt(jnp.sum(jnp.square(xf / scale)))
+            if "norm" in plain:  # the same keys as the fast path
+                out["norm"] = scale * jnp.sqrt(jnp.sum(jnp.square(xf / scale)))
             if "m2" in plain:
                 mean = jnp.sum(xf / scale) / jnp.maximum(count, 1.0)
                 dev = jnp.where(finite, x / scale - mean, 0.0)
