@@ -89,3 +89,16 @@ def test_nnx_example_records_engine_statistics(tmp_path):
         ):
             assert key in names, key
     assert "train/loss" in names and "val/accuracy" in names
+
+
+def test_reductions_benchmark_prints_json():
+    """bench/reductions.py runs (tiny sizes) and reports every candidate."""
+    out = subprocess.run(
+        [PYTHON, str(REPO / "bench" / "reductions.py"), "--size", "4096", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert {"sum", "leaf_stats_all"} <= set(result["median_us"])
