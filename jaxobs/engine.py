@@ -315,13 +315,6 @@ def _is_train_state(value: Any) -> bool:
     return all(hasattr(value, a) for a in ("params", "step", "apply_fn", "opt_state"))
 
 
-def _params_of(value: Any) -> Any:
-    """Parameters of a recognised state object, else None."""
-    if _is_train_state(value):
-        return value.params
-    return None
-
-
 def _nnx_params(args: Sequence[Any]) -> tuple[Any, Any]:
     """(model, nnx.State of its Params) of the first NNX model among args (not optimizers)."""
     from flax import nnx
@@ -450,6 +443,19 @@ def _warn_once(key: str, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- observe
+
+
+def _under_transformation(args: tuple, kwargs: dict) -> bool:
+    """Whether the step is being traced by someone else (jit, grad, vmap on top of observe).
+
+    Asks JAX's trace state (constant time) rather than walking every argument leaf at every
+    step; falls back to the walk if that private function is not there.
+    """
+    try:
+        from jax._src.core import trace_state_clean
+    except ImportError:  # pragma: no cover - other JAX versions
+        return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves((args, kwargs)))
+    return not trace_state_clean()
 
 
 class Observed:
@@ -628,7 +634,7 @@ class Observed:
         return out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+        traced = _under_transformation(args, kwargs)
         if traced or not self._use_jit:
             return self._call_with_callback(args, kwargs)
         step = self._host_step
