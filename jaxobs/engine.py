@@ -141,7 +141,7 @@ def tap(**named: Any) -> None:
 _DIFF_TRACERS = ("JVPTracer", "LinearizeTracer")
 
 
-def _probe(x: Any, path: str, saturation: str | None = None) -> Any:
+def _probe(x: Any, path: str) -> Any:
     """Record activation statistics of ``x`` under ``acts/<path>/`` and return ``x`` unchanged.
 
     Inside a differentiated function (the forward pass under ``jax.value_and_grad``), the
@@ -159,9 +159,7 @@ def _probe(x: Any, path: str, saturation: str | None = None) -> Any:
         return x
 
     def record(v):
-        out = collector.gated(
-            lambda: _stats.activation_stats(v, collector.act_stats, saturation=saturation)
-        )
+        out = collector.gated(lambda: _stats.activation_stats(v, collector.act_stats))
         for stat, value in out.items():
             collector.add(f"{key}/{stat}", value)
 
@@ -379,8 +377,9 @@ class _Packed:
 def _pack(step: Any, valid: Any, values: Mapping[str, Any], always: Iterable[str] = ()) -> _Packed:
     """Pack values into one vector; the ``always`` keys come first and are delivered at every
     step, the others (statistics) only where ``valid`` (every=N)."""
-    first = [k for k in values if k in set(always)]
-    keys = (*first, *(k for k in values if k not in set(first)))
+    always = set(always)
+    first = [k for k in values if k in always]
+    keys = (*first, *(k for k in values if k not in always))
     vector = (
         jnp.stack([jnp.asarray(values[k], jnp.float32).reshape(()) for k in keys])
         if keys
