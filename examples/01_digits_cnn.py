@@ -7,71 +7,36 @@ leaves a run directory ``<dir>/digits/<run_id>/`` with ``events.jsonl`` (written
 step) and ``trainlog.json`` (written at the end), prints where it is, and shows the summary
 that ``jaxobs show`` prints.
 
-The train step is decorated with ``@jaxobs.observe(activations=True)`` and taps its
-gradients: per-leaf statistics of gradients, parameters and updates, activation statistics
-of every Conv and Dense layer, and the returned loss and accuracy are computed inside the
+The train step (``examples/digits.py``) is wrapped with ``jaxobs.observe(activations=True,
+health=jaxobs.HealthChecker(num_classes=10))`` and taps its gradients: per-leaf statistics
+of gradients, parameters and updates, activation statistics of every Conv and Dense layer,
+the returned loss and accuracy, and the health guard's verdict are computed inside the
 jitted step and delivered from a background thread, so the loop never waits for them.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
-import flax.linen as nn
-import jax
 import numpy as np
-import optax
-from flax.training import train_state
-from sklearn.datasets import load_digits
 
 import jaxobs
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import digits  # the data, the CNN and the train step shared by the examples
 
-class CNN(nn.Module):
-    """Two 3x3 convolutions and two dense layers for 8x8x1 images."""
-
-    num_classes: int = 10
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(16, (3, 3))(x))
-        x = nn.relu(nn.Conv(32, (3, 3))(x))
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(64)(x))
-        return nn.Dense(self.num_classes)(x)
-
-
-def load_data(seed: int, val_fraction: float = 0.2):
-    """Digits scaled to [0, 1] as NHWC float32, split into train and validation."""
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = int(len(x) * val_fraction)
-    val, train = order[:n_val], order[n_val:]
-    return (x[train], y[train].astype(np.int32)), (x[val], y[val].astype(np.int32))
-
-
-def loss_and_logits(params, apply_fn, x, y):
-    logits = apply_fn({"params": params}, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
-
-
-@jaxobs.observe(activations=True)  # owns the jit; statistics are computed inside the step
-def train_step(state, x, y):
-    (loss, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(
-        state.params, state.apply_fn, x, y
-    )
-    jaxobs.tap(grads=grads)  # reduced to per-leaf statistics here, on the device
-    state = state.apply_gradients(grads=grads)
-    return state, {"loss": loss, "accuracy": (logits.argmax(-1) == y).mean()}
-
-
-@jax.jit
-def eval_step(state, x, y):
-    loss, logits = loss_and_logits(state.params, state.apply_fn, x, y)
-    return loss, logits.argmax(-1)
+# Owns the jit; statistics are computed inside the step. The step taps its gradients
+# (`jaxobs.tap(grads=grads)`, see examples/digits.py); the health checker judges every step
+# on the device and raises alerts from the host (a healthy run raises none).
+train_step = jaxobs.observe(
+    digits.step_fn,
+    activations=True,
+    health=jaxobs.HealthChecker(num_classes=digits.NUM_CLASSES),
+)
+eval_step = digits.eval_step
 
 
 def main(argv=None) -> jaxobs.Run:
@@ -91,13 +56,9 @@ def main(argv=None) -> jaxobs.Run:
     )
     args = parser.parse_args(argv)
 
-    (x_train, y_train), (x_val, y_val) = load_data(args.seed)
+    (x_train, y_train), (x_val, y_val) = digits.load_data(args.seed)
     steps_per_epoch = len(x_train) // args.batch_size
-    model = CNN()
-    params = model.init(jax.random.key(args.seed), x_train[:1])["params"]
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=params, tx=optax.sgd(args.lr, momentum=0.9)
-    )
+    state = digits.create_state(args.seed, args.lr, momentum=0.9)
     config = {
         "model": "CNN(conv16, conv32, dense64)",
         "optimizer": {"name": "sgd", "lr": args.lr, "momentum": 0.9},

@@ -11,6 +11,7 @@ Example:
 
 from jaxobs._jsonable import ConfigError, looks_secret, to_config
 from jaxobs.events import EVENT_LEVELS, Event, Level
+from jaxobs.health import Alert, HealthChecker, TrainingHalted
 from jaxobs.log import (
     SCHEMA_VERSION,
     Artifact,
@@ -26,6 +27,7 @@ from jaxobs.log import (
     TrainLogError,
     schema_path,
 )
+from jaxobs.recorder import FlightRecorder
 from jaxobs.run import (
     Run,
     RunDirError,
@@ -48,8 +50,8 @@ _LAZY = {"observe": "jaxobs.engine", "tap": "jaxobs.engine", "Observed": "jaxobs
 def __getattr__(name: str):
     import importlib
 
-    if name == "stats":
-        return importlib.import_module("jaxobs.stats")
+    if name in ("stats", "crash"):
+        return importlib.import_module(f"jaxobs.{name}")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'jaxobs' has no attribute {name!r}")
@@ -58,12 +60,15 @@ def __getattr__(name: str):
 __all__ = [
     "EVENT_LEVELS",
     "SCHEMA_VERSION",
+    "Alert",
     "Artifact",
     "ConfigError",
     "ConfusionMatrix",
     "Curve",
     "Event",
     "ExperimentLog",
+    "FlightRecorder",
+    "HealthChecker",
     "Level",
     "LogDestination",
     "MetricHistory",
@@ -79,7 +84,9 @@ __all__ = [
     "Terminated",
     "TrainLog",
     "TrainLogError",
+    "TrainingHalted",
     "active_run",
+    "crash",
     "init",
     "looks_secret",
     "observe",

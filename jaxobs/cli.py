@@ -3,10 +3,14 @@
     jaxobs show RUN                  a summary of a run: metadata, config, last/best values
     jaxobs export RUN --format json  the run's TrainLog as JSON (stdout or --output)
     jaxobs export RUN --format csv   one row per step, one column per metric
+    jaxobs crash show DUMP           what a crash dump says: trigger, first layer to diverge,
+                                     alerts, checkpoint, the last recorded steps
+    jaxobs crash plot DUMP [-o PNG]  draw the failure signature (default: next to the dump)
 
 RUN is a run directory (``<dir>/<project>/<run_id>``) or a TrainLog JSON file. A run that
-crashed is read from its ``events.jsonl``. Bad input prints one line, ``jaxobs: error: ...``,
-and exits with status 2.
+crashed is read from its ``events.jsonl``. DUMP is a flight-recorder crash dump
+(``<run dir>/crash/crash-<step>.json``) or a run directory, whose newest dump is used. Bad
+input prints one line, ``jaxobs: error: ...``, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -28,12 +32,7 @@ EXIT_USAGE = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own errors: one line, exit 2
-        self.exit(
-            EXIT_USAGE,
-            f"jaxobs: error: {message} (see jaxobs {self.prog.split()[-1]} -h)\n"
-            if " " in self.prog
-            else f"jaxobs: error: {message} (see jaxobs -h)\n",
-        )
+        self.exit(EXIT_USAGE, f"jaxobs: error: {message} (see {self.prog} -h)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,40 +52,83 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="run directory or TrainLog JSON file")
     export.add_argument("--format", choices=("json", "csv"), default="json")
     export.add_argument("--output", "-o", help="output file (default: stdout)")
+    crash = sub.add_parser("crash", help="read a flight-recorder crash dump")
+    crash_sub = crash.add_subparsers(
+        dest="crash_command", metavar="{show,plot}", required=True, parser_class=_Parser
+    )
+    dump_help = "crash dump (crash/crash-<step>.json) or run directory (its newest dump)"
+    crash_show = crash_sub.add_parser(
+        "show", help="trigger, first layer to diverge, alerts, checkpoint, last steps"
+    )
+    crash_show.add_argument("dump", help=dump_help)
+    crash_plot = crash_sub.add_parser("plot", help="write the failure-signature image")
+    crash_plot.add_argument("dump", help=dump_help)
+    crash_plot.add_argument(
+        "--output", "-o", metavar="FILE", help="image file (default: the dump's path with .png)"
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from jaxobs.run import RunDirError, load_trainlog
+    from jaxobs.run import RunDirError
 
+    target = args.dump if args.command == "crash" else args.run
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            log, record = load_trainlog(args.run)
-        if args.command != "show":  # show lists them in its table
-            for w in caught:
-                print(f"jaxobs: warning: {w.message}", file=sys.stderr)
-        if args.command == "show":
-            _show(log, record, args.all)
+        if args.command == "crash":
+            _crash(args)
         else:
-            text = log.dumps() if args.format == "json" else _to_csv(log)
-            if args.output:
-                pathlib.Path(args.output).write_text(text, encoding="utf-8")
-            else:
-                sys.stdout.write(text)
-    except (RunDirError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            _run_command(args)
+    except (
+        RunDirError,
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+        ImportError,  # an optional dependency: matplotlib for `crash plot`
+    ) as e:
         print(f"jaxobs: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except RecursionError:
         print(
-            f"jaxobs: error: {args.run}: JSON nested too deeply to be a jaxobs file",
+            f"jaxobs: error: {target}: JSON nested too deeply to be a jaxobs file",
             file=sys.stderr,
         )
         return EXIT_USAGE
     except BrokenPipeError:  # `jaxobs export ... | head`
         return 0
     return 0
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    """``show`` and ``export``: both read the run's TrainLog first."""
+    from jaxobs.run import load_trainlog
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        log, record = load_trainlog(args.run)
+    if args.command != "show":  # show lists them in its table
+        for w in caught:
+            print(f"jaxobs: warning: {w.message}", file=sys.stderr)
+    if args.command == "show":
+        _show(log, record, args.all)
+    else:
+        text = log.dumps() if args.format == "json" else _to_csv(log)
+        if args.output:
+            pathlib.Path(args.output).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+
+
+def _crash(args: argparse.Namespace) -> None:
+    """``crash show`` and ``crash plot``; they never read the run's TrainLog."""
+    from jaxobs import crash
+
+    dump = crash.load_dump(crash.find_dump(args.dump))
+    if args.crash_command == "show":
+        sys.stdout.write(crash.summary(dump))
+    else:
+        print(crash.plot(dump, args.output))
 
 
 def _to_csv(log: TrainLog) -> str:

@@ -17,11 +17,13 @@ never attach a value to the wrong step.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
 import inspect
 import logging
+import pathlib
 import queue
 import threading
 import weakref
@@ -33,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxobs import health as _health
 from jaxobs import stats as _stats
+from jaxobs.recorder import FlightRecorder
 
 __all__ = ["Observed", "observe", "tap"]
 
@@ -56,6 +60,9 @@ class _Collector:
     watch: frozenset = frozenset(("grads", "taps", "acts"))
     scalars: set = dataclasses.field(default_factory=set)  # delivered at every step
     values: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+    track_alive: bool = False  # per-unit "was active" masks for the dead-unit window
+    alive: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)  # tapped trees (the guard)
 
     def add(self, key: str, value: Any) -> None:
         self.values.setdefault(key, value)  # the first value of a key wins (e.g. train fwd)
@@ -119,6 +126,8 @@ def tap(**named: Any) -> None:
     for name, value in named.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"tap names must be non-empty strings, got {name!r}")
+        # The health guard reads tapped gradients and scalars whatever is watched.
+        collector.raw.setdefault(name, value if _is_scalar(value) else _pure(value))
         if ("grads" if name == "grads" else "taps") not in collector.watch:
             continue
         if _is_scalar(value):
@@ -159,7 +168,17 @@ def _probe(x: Any, path: str) -> Any:
         return x
 
     def record(v):
-        out = collector.gated(lambda: _stats.activation_stats(v, collector.act_stats))
+        def compute():
+            out = _stats.activation_stats(v, collector.act_stats)
+            if collector.track_alive:
+                batch_axes = tuple(range(v.ndim - 1))
+                out["__alive__"] = jnp.any(v > 0, axis=batch_axes)
+            return out
+
+        out = collector.gated(compute)
+        alive = out.pop("__alive__", None)
+        if alive is not None:
+            collector.alive.setdefault(path, alive)
         for stat, value in out.items():
             collector.add(f"{key}/{stat}", value)
 
@@ -354,6 +373,68 @@ def _device_step(args: Sequence[Any]) -> Any:
     return None
 
 
+def _params_before_after(args: tuple, out: Any, nnx_model: Any, params_before: Any) -> tuple:
+    """The parameters before and after the step, for the step shapes `observe` knows."""
+    if nnx_model is not None:
+        from flax import nnx
+
+        return params_before, _pure(nnx.state(nnx_model, nnx.Param))
+    if args and _is_train_state(args[0]):
+        new_state = out[0] if isinstance(out, tuple) and out else out
+        if _is_train_state(new_state):
+            return args[0].params, new_state.params
+    elif isinstance(out, tuple) and out and args:
+        same = jax.tree.structure(out[0]) == jax.tree.structure(args[0])
+        if same and jax.tree.leaves(args[0]):
+            return args[0], out[0]  # a plain (params, opt_state, ...) step
+    return None, None
+
+
+def _keep_old_state(skip: Any, args: tuple, out: Any, nnx_before: list) -> Any:
+    """The step's outputs, with the state it updated left as it was where ``skip``.
+
+    The step counter (``TrainState.step``, ``nnx.Optimizer.step``) still advances, so a
+    skipped step keeps its number. Selection is a `lax.cond` on the device.
+    """
+    if nnx_before:
+        from flax import nnx
+
+        for obj, old in nnx_before:
+            step = getattr(obj, "step", None)
+            step_value = step.get_value() if hasattr(step, "get_value") else None
+            new = _pure(nnx.state(obj))
+            nnx.update(obj, lax.cond(skip, lambda o=old: o, lambda n=new: n))
+            if step_value is not None:
+                step.set_value(step_value)
+        return out
+    if args and _is_train_state(args[0]):
+        new_state = out[0] if isinstance(out, tuple) and out else out
+        if _is_train_state(new_state):
+            kept = lax.cond(skip, lambda: args[0].replace(step=new_state.step), lambda: new_state)
+            return (kept, *out[1:]) if isinstance(out, tuple) else kept
+    elif isinstance(out, tuple) and len(out) >= 2 and len(args) >= 2:
+        old, new = (args[0], args[1]), (out[0], out[1])
+        if jax.tree.structure(old) == jax.tree.structure(new):
+            kept = lax.cond(skip, lambda: old, lambda: new)
+            return (*kept, *out[2:])
+    raise ValueError(
+        "HealthChecker(action=...) skips bad steps by keeping the old state, but this step's "
+        "shape is not one jaxobs knows: use a flax TrainState step (state, batch) -> (state, "
+        "metrics), an NNX step (model, optimizer, batch) -> metrics, or an optax step "
+        "(params, opt_state, batch) -> (params, opt_state, metrics); or action='warn'"
+    )
+
+
+def _health_checker(health: Any) -> _health.HealthChecker | None:
+    if health is None or health is False:
+        return None
+    if health is True:
+        return _health.HealthChecker()
+    if isinstance(health, _health.HealthChecker):
+        return health
+    raise TypeError(f"observe(health=...) takes a jaxobs.HealthChecker or True, got {health!r}")
+
+
 # ----------------------------------------------------------------------------- packing
 
 
@@ -406,15 +487,28 @@ class _Deliverer:
         self._queue: queue.Queue = queue.Queue(maxsize=256)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._progress = threading.Condition()
+        self._submitted = 0  # step records queued ...
+        self._done = 0  # ... and delivered
 
-    def submit(self, packed: _Packed) -> None:
+    def submit(self, packed: _Packed | Callable[[], Any]) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._work, name="jaxobs-observe", daemon=True
                 )
                 self._thread.start()
+        if not callable(packed):
+            with self._progress:
+                self._submitted += 1
         self._queue.put(packed)  # blocks only if the host falls 256 steps behind
+
+    def wait(self, lag: int) -> None:
+        """Wait until at most ``lag`` step records are still to be delivered (the health
+        actions act within a step: the device keeps the step already queued)."""
+        with self._progress:
+            while self._submitted - self._done > lag and self._thread.is_alive():
+                self._progress.wait(1.0)
 
     def flush(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -424,11 +518,18 @@ class _Deliverer:
         while True:
             packed = self._queue.get()
             try:
+                if callable(packed):  # a task in step order (a snapshot to keep)
+                    packed()
+                    continue
                 step, valid, vector = jax.device_get((packed.step, packed.valid, packed.vector))
                 self._observed._deliver(*_unpack(step, valid, vector, packed.keys, packed.n_always))
             except Exception as e:  # never let the thread die: report and go on
                 logger.warning("jaxobs: could not deliver statistics: %s: %s", type(e).__name__, e)
             finally:
+                if not callable(packed):
+                    with self._progress:
+                        self._done += 1
+                        self._progress.notify_all()
                 self._queue.task_done()
 
 
@@ -472,6 +573,8 @@ class Observed:
         activations: bool = False,
         act_stats: Iterable[str] = _stats.ACT_STATS,
         metrics_prefix: str = "train",
+        health: Any = None,
+        recorder: int | None = 256,
         jit: bool = True,
         **jit_kwargs: Any,
     ):
@@ -501,11 +604,26 @@ class Observed:
         self._uses_callbacks = False
         self._deliverer = _Deliverer(self)
         self._runs_hooked: weakref.WeakSet = weakref.WeakSet()  # ids can be reused; runs not
+        self.health = _health_checker(health)
+        if recorder is not None and (
+            isinstance(recorder, bool) or not isinstance(recorder, int) or recorder < 0
+        ):
+            raise ValueError(f"recorder must be a number of steps (0: off), got {recorder!r}")
+        self.recorder = FlightRecorder(recorder) if recorder else None
+        self._guard_state: Any = None
+        self._alive_shapes: dict[str, Any] = {}
+        self._snapshots: collections.deque = collections.deque(maxlen=2)
+        self.batches_to_skip = 0
+        self.rollbacks: list[dict[str, Any]] = []
+        self.dumps: list[pathlib.Path] = []
+        self._halt_raised = False
+        self._last_dump_step: int | None = None
+        self._dump_lock = threading.Lock()
         functools.update_wrapper(self, fn)
 
     # -- the traced body
 
-    def _body(self, step: Any, args: tuple, kwargs: dict) -> tuple[Any, _Packed]:
+    def _body(self, step: Any, guard: Any, args: tuple, kwargs: dict) -> tuple[Any, _Packed, Any]:
         device_step = _device_step(args)
         step = device_step if device_step is not None else step
         if self.every == 1 or (device_step is None and self._step_on_host):
@@ -513,10 +631,17 @@ class Observed:
         else:
             active = jnp.asarray(step) % self.every == 0
         collector = _Collector(self.stats, self.per, self.act_stats, active, watch=self.watch)
+        collector.track_alive = self.health is not None and self.activations
         nnx_model, params_before = (None, None)
+        nnx_before: list[tuple[Any, Any]] = []
         if any(_is_nnx(a) for a in args):
             nnx_model, params_before = _nnx_params(args)
             params_before = _pure(params_before)
+            if self.health is not None and self.health.skips_on_device:
+                from flax import nnx
+
+                # Pure dicts of the (immutable) arrays: the step mutates the Variables.
+                nnx_before = [(a, _pure(nnx.state(a))) for a in args if _is_nnx(a)]
         acts = contextlib.nullcontext()
         if self.activations and "acts" in self.watch:
             acts = (
@@ -526,26 +651,73 @@ class Observed:
             )
         with _collecting(collector), acts:
             out = self.fn(*args, **kwargs)
-        values, metrics = self._auto_stats(collector, args, out, nnx_model, params_before)
+        before, after = _params_before_after(args, out, nnx_model, params_before)
+        health_values: dict[str, Any] = {}
+        if self.health is not None:
+            self._alive_shapes = {k: v.shape for k, v in collector.alive.items()}
+            out, guard, health_values = self._guard(
+                guard, collector, args, out, before, after, nnx_before
+            )
+            if self.health.skips_on_device:  # statistics describe the state returned
+                before, after = _params_before_after(args, out, nnx_model, params_before)
+        values, metrics = self._auto_stats(collector, out, before, after)
         values.update(collector.values)
-        return out, _pack(step, active, values, always=metrics | collector.scalars)
+        values.update(health_values)
+        always = metrics | collector.scalars | set(health_values)
+        return out, _pack(step, active, values, always=always), guard
+
+    def _guard(
+        self,
+        state: Any,
+        collector: _Collector,
+        args: tuple,
+        out: Any,
+        before: Any,
+        after: Any,
+        nnx_before: list,
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """The on-device guard: judge the step, skip its update if asked, carry the state."""
+        checker = self.health
+        metrics = _metrics_of(out) or {}
+        loss = metrics.get(checker.loss_key, collector.raw.get(checker.loss_key))
+        if loss is not None and not _is_scalar(loss):
+            raise ValueError(
+                f"HealthChecker(loss_key={checker.loss_key!r}): the step's "
+                f"{checker.loss_key!r} is not a scalar (shape {jnp.shape(loss)})"
+            )
+        grads = collector.raw.get("grads")
+        if grads is not None and not _is_scalar(grads):
+            norm, norm_name = _stats.global_norm(grads), "grad_norm"
+        elif after is not None:
+            norm = _stats.global_norm(jax.tree.map(lambda a, b: a - b, after, before))
+            norm_name = "update_norm"
+        else:
+            norm, norm_name = None, "grad_norm"
+        finite = None
+        if after is not None:
+            leaves = [x for x in jax.tree.leaves(after) if jnp.issubdtype(x.dtype, jnp.inexact)]
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+        stateless = state is None  # callbacks transport: nothing is carried between steps
+        if stateless:
+            state = _health.guard_init(checker, collector.alive)
+        bad, new_state, values = _health.guard_update(
+            checker,
+            state,
+            loss=loss,
+            norm=norm,
+            params_finite=finite,
+            alive=collector.alive,
+            active=collector.active,
+            norm_name=norm_name,
+        )
+        if checker.skips_on_device:
+            out = _keep_old_state(bad, args, out, nnx_before)
+            values["health/skipped"] = bad.astype(jnp.float32)
+        return out, (None if stateless else new_state), values
 
     def _auto_stats(
-        self, collector: _Collector, args: tuple, out: Any, nnx_model: Any, params_before: Any
+        self, collector: _Collector, out: Any, before: Any, after: Any
     ) -> tuple[dict[str, Any], set[str]]:
-        before = after = None
-        if nnx_model is not None:
-            from flax import nnx
-
-            before, after = params_before, _pure(nnx.state(nnx_model, nnx.Param))
-        elif args and _is_train_state(args[0]):
-            new_state = out[0] if isinstance(out, tuple) and out else out
-            if _is_train_state(new_state):
-                before, after = args[0].params, new_state.params
-        elif isinstance(out, tuple) and out and args:
-            same = jax.tree.structure(out[0]) == jax.tree.structure(args[0])
-            if same and jax.tree.leaves(args[0]):
-                before, after = args[0], out[0]  # a plain (params, opt_state, ...) step
         values: dict[str, Any] = {}
         if after is not None and ("params" in self.watch or "updates" in self.watch):
 
@@ -597,17 +769,20 @@ class Observed:
     # -- calling
 
     def _traced_fn(self) -> Callable:
-        """The jitted body: the user's step with the step counter as a first argument. Its
-        signature is the user's with that argument prepended, so `static_argnames` and
-        `donate_argnames` resolve as in the user's own step."""
+        """The jitted body: the user's step with the step counter and the guard state as
+        first arguments. Its signature is the user's with those prepended, so
+        `static_argnames` and `donate_argnames` resolve as in the user's own step."""
 
-        def traced(_jaxobs_step, *args, **kwargs):
-            return self._body(_jaxobs_step, args, kwargs)
+        def traced(_jaxobs_step, _jaxobs_guard, *args, **kwargs):
+            return self._body(_jaxobs_step, _jaxobs_guard, args, kwargs)
 
         try:
             sig = inspect.signature(self.fn)
-            first = inspect.Parameter("_jaxobs_step", inspect.Parameter.POSITIONAL_ONLY)
-            traced.__signature__ = sig.replace(parameters=[first, *sig.parameters.values()])
+            first = [
+                inspect.Parameter(name, inspect.Parameter.POSITIONAL_ONLY)
+                for name in ("_jaxobs_step", "_jaxobs_guard")
+            ]
+            traced.__signature__ = sig.replace(parameters=[*first, *sig.parameters.values()])
         except (TypeError, ValueError):  # builtins and the like: keep *args
             pass
         return traced
@@ -624,22 +799,27 @@ class Observed:
 
     @staticmethod
     def _shift(kwargs: dict) -> dict:
-        """The user's argnums refer to their step; the jitted body takes the step first."""
+        """The user's argnums refer to their step; the jitted body takes two arguments first."""
         out = dict(kwargs)
         for name in ("static_argnums", "donate_argnums"):
             if name in out and out[name] is not None:
                 nums = (out[name],) if isinstance(out[name], int) else tuple(out[name])
-                out[name] = tuple(n + 1 if n >= 0 else n for n in nums)
+                out[name] = tuple(n + 2 if n >= 0 else n for n in nums)
         return out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         traced = _under_transformation(args, kwargs)
         if traced or not self._use_jit:
             return self._call_with_callback(args, kwargs)
+        if self.health is not None and self.health.skips_on_device:
+            self._deliverer.wait(lag=1)  # act on step s - 1 before dispatching s + 1
+        self._raise_if_halted()
+        args = self._maybe_roll_back(args)
         step = self._host_step
         self._host_step += 1
         try:
-            out, packed = self._get_jitted(args)(np.int32(step), *args, **kwargs)
+            guard = self._ensure_guard(step, args, kwargs)
+            out, packed, guard = self._get_jitted(args)(np.int32(step), guard, *args, **kwargs)
         except jax.errors.UnexpectedTracerError:
             if not self.activations:
                 raise
@@ -650,9 +830,13 @@ class Observed:
             )
             self.activations = False
             self._jitted = None
-            out, packed = self._get_jitted(args)(np.int32(step), *args, **kwargs)
+            self._guard_state = None  # its dead-unit masks went with the activations
+            guard = self._ensure_guard(step, args, kwargs)
+            out, packed, guard = self._get_jitted(args)(np.int32(step), guard, *args, **kwargs)
+        self._guard_state = guard
         self._hook_run()
         self._deliverer.submit(packed)
+        self._maybe_snapshot(step, args, out)
         return out
 
     def _call_with_callback(self, args: tuple, kwargs: dict) -> Any:
@@ -661,10 +845,17 @@ class Observed:
 
         self._uses_callbacks = True
         self._hook_run()  # at trace time: the run to flush before it ends
+        if self.health is not None:
+            _warn_once(
+                "guard-stateless",
+                "observe is traced by an outer jit, so the health guard cannot carry its "
+                "window between steps: only non-finite steps are detected (and skipped) on "
+                "the device; make @jaxobs.observe the outermost decorator for spike checks",
+            )
         # Without a step in the state, a host counter read here would be a constant of the
         # trace: the step is then given on arrival, by ordered callbacks.
         self._step_on_host = _device_step(args) is None
-        out, packed = self._body(jnp.int32(-1), args, kwargs)
+        out, packed, _ = self._body(jnp.int32(-1), None, args, kwargs)
         keys, n_always = packed.keys, packed.n_always
 
         def receive(s, valid, vector):
@@ -680,6 +871,134 @@ class Observed:
         )
         return out
 
+    # -- the guard's state, halting, rolling back
+
+    @property
+    def guard_state(self) -> _health.GuardState | None:
+        """The health guard's device state (save it with your checkpoints; None before the
+        first step or without a `HealthChecker`)."""
+        return self._guard_state
+
+    @guard_state.setter
+    def guard_state(self, state: _health.GuardState | None) -> None:
+        if state is not None and not isinstance(state, _health.GuardState):
+            raise TypeError(f"guard_state must be a jaxobs.health.GuardState, got {state!r}")
+        self._guard_state = state
+
+    def _ensure_guard(self, step: int, args: tuple, kwargs: dict) -> Any:
+        if self.health is None:
+            return None
+        if self._guard_state is None:
+            alive: dict[str, Any] = {}
+            if self.activations and "acts" in self.watch:
+                # One abstract trace finds the layers whose units the guard will track.
+                probe = _health.guard_init(self.health)
+
+                def trace(*a, **k):
+                    self._body(jnp.int32(step), probe, a, k)
+
+                if any(_is_nnx(a) for a in args):
+                    from flax import nnx
+
+                    nnx.eval_shape(trace, *args, **kwargs)
+                else:
+                    jax.eval_shape(lambda: trace(*args, **kwargs))
+                alive = {k: jax.ShapeDtypeStruct(v, bool) for k, v in self._alive_shapes.items()}
+            self._guard_state = _health.guard_init(self.health, alive)
+        return self._guard_state
+
+    def _raise_if_halted(self) -> None:
+        checker = self.health
+        if checker is None or checker.halt is None or self._halt_raised:
+            return
+        with self._dump_lock:  # the dump for the halting alert is written under this lock
+            self._halt_raised = True
+            raise _health.TrainingHalted(checker.halt, self.dumps[-1] if self.dumps else None)
+
+    def _state_tree(self, args: tuple, out: Any) -> Any:
+        """The training state after a step: what a snapshot keeps."""
+        if any(_is_nnx(a) for a in args):
+            from flax import nnx
+
+            return [_pure(nnx.state(a)) for a in args if _is_nnx(a)]
+        if args and _is_train_state(args[0]):
+            return out[0] if isinstance(out, tuple) else out
+        return (out[0], out[1])
+
+    def _maybe_snapshot(self, step: int, args: tuple, out: Any) -> None:
+        every = self.health.snapshot_every if self.health is not None else None
+        if not every or (step + 1) % every:
+            return
+        leaves, treedef = jax.tree.flatten(self._state_tree(args, out))
+        # A device copy now: the caller may donate these buffers to the next step.
+        copies = [jnp.copy(x) if isinstance(x, jax.Array) else x for x in leaves]
+        shardings = [getattr(x, "sharding", None) for x in leaves]
+        self._deliverer.submit(lambda: self._keep_snapshot(step + 1, treedef, copies, shardings))
+
+    def _keep_snapshot(self, step: int, treedef: Any, copies: list, shardings: list) -> None:
+        """On the delivery thread, after the record of the step before: keep the snapshot if
+        that step was healthy."""
+        checker = self.health
+        if checker.last_bad or checker.halt is not None:
+            return
+        host = jax.device_get(copies)
+        self._snapshots.append((step, treedef, host, shardings))
+
+    def _maybe_roll_back(self, args: tuple) -> tuple:
+        checker = self.health
+        if checker is None or checker.rollback is None:
+            return args
+        with self._dump_lock:
+            request, checker.rollback = checker.rollback, None
+        good = [snap for snap in self._snapshots if snap[0] <= request["streak_start"]]
+        run = self._target_run()
+        if not good:
+            alert = checker._give_up(
+                request["step"], "no good state was kept to roll back to (snapshot_every)"
+            )
+            if alert is not None and run is not None and not run.finished:
+                self._emit_alerts(run, [alert])
+            self._raise_if_halted()
+            return args
+        step, treedef, host, shardings = good[-1]
+        restored = jax.tree.unflatten(
+            treedef,
+            [
+                jax.device_put(h, s) if s is not None else h
+                for h, s in zip(host, shardings, strict=True)
+            ],
+        )
+        if any(_is_nnx(a) for a in args):
+            from flax import nnx
+
+            for obj, state in zip([a for a in args if _is_nnx(a)], restored, strict=True):
+                counter = getattr(obj, "step", None)
+                value = counter.get_value() if hasattr(counter, "get_value") else None
+                nnx.update(obj, state)
+                if value is not None:
+                    counter.set_value(value)
+        elif args and _is_train_state(args[0]):
+            args = (restored.replace(step=args[0].step), *args[1:])
+        else:
+            args = (*restored, *args[2:])
+        self.batches_to_skip += checker.rollback_skip_batches
+        checker._count_skips_from = self._host_step  # steps already in flight do not count
+        info = {
+            "at_step": self._host_step,
+            "restored_step": step,
+            "trigger_step": request["step"],
+            "streak_start": request["streak_start"],
+        }
+        self.rollbacks.append(info)
+        if run is not None and not run.finished:
+            run.emit("rollback", step=self._host_step, **info)
+        return args
+
+    def take_batches_to_skip(self) -> int:
+        """How many batches the data loop should skip after a rollback (and reset it)."""
+        n, self.batches_to_skip = self.batches_to_skip, 0
+        return n
+
     # -- host delivery
 
     def _target_run(self):
@@ -694,6 +1013,9 @@ class Observed:
         if run is not None and run not in self._runs_hooked:
             self._runs_hooked.add(run)
             run._before_finish.append(self.flush)
+            if self.recorder is not None or self.health is not None:
+                run._monitors.append(functools.partial(self._monitor, run))
+                run._on_end.append(functools.partial(self._on_run_end, run))
 
     def _deliver(self, step: int, values: dict[str, float]) -> None:
         if not values:
@@ -709,6 +1031,129 @@ class Observed:
         if run.finished:
             return
         run.log(values, step=step)
+
+    def _monitor(self, run, step: int, values: Mapping[str, float]) -> None:
+        """Every record the run logs (ours and the user's): recorder, then health rules."""
+        if self.recorder is not None:
+            self.recorder.add(step, values)
+        if self.health is None:
+            return
+        with self._dump_lock:
+            diverged = self.recorder.first_diverged if self.recorder is not None else None
+            alerts = self.health.check(step, values, diverged=diverged)
+            self._emit_alerts(run, alerts)
+            critical = next((a for a in alerts if a.severity == "critical"), None)
+            if self.health.halt is not None and self.health.halt in alerts:
+                critical = self.health.halt
+            if critical is not None:
+                self._dump(
+                    run,
+                    critical.step,
+                    {
+                        "kind": "halt" if self.health.halt is critical else "alert",
+                        "rule": critical.rule,
+                        "severity": critical.severity,
+                        "message": critical.message,
+                        "error": None,
+                    },
+                )
+
+    @staticmethod
+    def _emit_alerts(run, alerts: Iterable[_health.Alert]) -> None:
+        for alert in alerts:
+            record = alert.to_json()
+            del record["step"]
+            run.emit("health_check", step=alert.step, **record)
+
+    def _on_run_end(self, run, status: str, error: BaseException | None) -> None:
+        """The run is ending badly (exception, SIGTERM, Ctrl-C): dump the recorder."""
+        if status == "finished" or self.recorder is None or not len(self.recorder):
+            return
+        if isinstance(error, _health.TrainingHalted) and self.dumps:
+            return  # dumped when the alert came
+        kind = {"terminated": "sigterm", "interrupted": "interrupt"}.get(status, "exception")
+        steps, _, _ = self.recorder.snapshot()
+        message = f"{type(error).__name__}: {error}" if error is not None else status
+        with self._dump_lock:
+            self._dump(
+                run,
+                int(steps[-1]),
+                {
+                    "kind": kind,
+                    "rule": None,
+                    "severity": None,
+                    "message": message.splitlines()[0] if message else status,
+                    "error": None
+                    if error is None
+                    else {"type": type(error).__name__, "message": str(error)},
+                },
+            )
+
+    def _dump(self, run, step: int, trigger: dict[str, Any]) -> None:
+        """Write the crash dump (and its plot and checkpoint) into the run directory."""
+        if self.recorder is None or not run.enabled:
+            return
+        try:
+            directory = run.dir / "crash"
+            checker = self.health
+            path = self.recorder.dump(
+                directory,
+                step=step,
+                trigger=trigger,
+                thresholds=checker.settings() if checker is not None else {},
+                alerts=[a.to_json() for a in checker.alerts[-100:]] if checker else [],
+                run={
+                    "project": run.info.project,
+                    "run_id": run.id,
+                    "name": run.info.name,
+                    "dir": str(run.dir),
+                },
+                checkpoint=self._save_checkpoint(directory),
+            )
+        except Exception as e:  # a failed dump must not hide the failure it describes
+            logger.warning("jaxobs: could not write the crash dump: %s: %s", type(e).__name__, e)
+            return
+        self.dumps.append(path)
+        run.add_artifact(f"crash-{step}", path, kind="crash_dump", description=trigger["message"])
+        plot = None
+        if checker is None or checker.plot:
+            try:
+                from jaxobs.crash import load_dump
+                from jaxobs.crash import plot as plot_dump
+
+                plot = plot_dump(load_dump(path))
+                run.add_artifact(f"crash-{step}-plot", plot, kind="image")
+            except ImportError as e:
+                _warn_once("no-mpl", f"no failure-signature plot ({e}): pip install matplotlib")
+            except Exception as e:
+                logger.warning("jaxobs: could not plot %s: %s: %s", path, type(e).__name__, e)
+        run.emit("crash_dump", step=step, path=str(path), plot=str(plot) if plot else None)
+
+    def _save_checkpoint(self, directory: pathlib.Path) -> dict[str, Any] | None:
+        """The last good snapshot as an orbax checkpoint ``crash/ckpt-<step>``, if any."""
+        if not self._snapshots:
+            return None
+        step, treedef, host, _ = self._snapshots[-1]
+        path = (directory / f"ckpt-{step}").absolute()
+        if not path.exists():
+            try:
+                import orbax.checkpoint as ocp
+
+                tree = jax.tree.unflatten(treedef, host)
+                with contextlib.suppress(ImportError):
+                    from flax import serialization
+
+                    tree = serialization.to_state_dict(tree)
+                checkpointer = ocp.StandardCheckpointer()
+                checkpointer.save(path, tree)
+                checkpointer.wait_until_finished()
+                checkpointer.close()
+            except Exception as e:
+                logger.warning(
+                    "jaxobs: no checkpoint in the crash dump: %s: %s", type(e).__name__, e
+                )
+                return None
+        return {"path": f"crash/ckpt-{step}", "step": step}
 
     def flush(self) -> None:
         """Wait until every step's statistics so far have been logged."""

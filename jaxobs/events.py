@@ -88,7 +88,9 @@ EVENT_LEVELS: dict[str, Level] = {
     "train_end": Level.BASIC,
     "epoch_start": Level.BASIC,
     "epoch_end": Level.BASIC,
-    "health_check": Level.BASIC,
+    "health_check": Level.BASIC,  # an alert of the health rules (rule, severity, message)
+    "crash_dump": Level.BASIC,  # the flight recorder was dumped (path, plot)
+    "rollback": Level.BASIC,  # the last good state was restored
     "batch_start": Level.DETAILED,
     "batch_end": Level.DETAILED,
     "layer_forward": Level.EXPERT,

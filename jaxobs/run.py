@@ -234,6 +234,11 @@ class Run:
         self._pending: collections.deque[Event] = collections.deque()
         # Producers that deliver records late (jaxobs.observe) flush here before run_end.
         self._before_finish: list[Callable[[], Any]] = []
+        # Called with (step, values) after each `log` (the health rules, the flight recorder)
+        # and with (status, error) when the run ends, before run_end is written (crash dumps).
+        self._monitors: list[Callable[[int, dict[str, float]], Any]] = []
+        self._on_end: list[Callable[[str, BaseException | None], Any]] = []
+        self._monitor_errors: set[int] = set()
         if not enabled:
             return
         if queue_size < 1:
@@ -335,6 +340,21 @@ class Run:
             self._next_step = max(self._next_step, step + 1)
             self._emit("metrics", step, {"values": converted}, Level.BASIC)
         self._submit_pending()
+        for monitor in list(self._monitors):
+            self._call_hook(monitor, step, converted)
+
+    def _call_hook(self, hook: Callable, *args: Any) -> None:
+        """Call a monitor; one that raises is reported once and training goes on."""
+        try:
+            hook(*args)
+        except Exception as e:
+            if id(hook) not in self._monitor_errors:
+                self._monitor_errors.add(id(hook))
+                from jaxobs.events import logger
+
+                logger.warning(
+                    "jaxobs: %r failed (reported once): %s: %s", hook, type(e).__name__, e
+                )
 
     def emit(
         self,
@@ -505,6 +525,9 @@ class Run:
                     from jaxobs.events import logger
 
                     logger.warning("jaxobs: flushing %r failed: %s", flush, e)
+            if self.enabled:
+                for hook in list(self._on_end):
+                    self._call_hook(hook, status, error)
             if self._dispatcher is not None:  # callbacks may still record while they react
                 self._dispatcher.flush(10.0)
         with self._lock:

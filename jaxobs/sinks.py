@@ -150,6 +150,14 @@ class TerminalSink:
         elif severity in ("warning", "danger", "critical"):
             print(f"jaxobs: {text}", file=self.console.file, flush=True)
 
+    def handle_crash_dump(self, event: Event) -> None:
+        plot = event.data.get("plot")
+        text = f"crash dump: {event.data.get('path')}" + (f"\n  plot: {plot}" if plot else "")
+        if self.live:
+            self._print(f"[red]{_escape(text)}[/]")
+        else:
+            print(f"jaxobs: {text}", file=self.console.file, flush=True)
+
     def _print(self, text: str) -> None:
         self.console.print(text)  # above the live display while one is shown
 

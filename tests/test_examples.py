@@ -1,10 +1,12 @@
 """The examples run end to end (with few steps) and leave what they promise."""
 
 import json
+import pathlib
 import re
 import subprocess
 
 import numpy as np
+import pytest
 from helpers import PYTHON, REPO, read_events
 
 
@@ -102,3 +104,51 @@ def test_reductions_benchmark_prints_json():
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert {"sum", "leaf_stats_all"} <= set(result["median_us"])
+
+
+def test_doomed_run_example_halts_and_leaves_a_readable_dump_and_plot(tmp_path):
+    """examples/03: an alert, TrainingHalted, finite parameters, a crash dump whose
+    recorder agrees with events.jsonl, and a PNG that matplotlib reads back."""
+    import matplotlib.image
+
+    stdout, run_dir = _run_example(
+        "03_doomed_run.py", "--dir", str(tmp_path), "--healthy-steps", "60", "--growth", "1.5"
+    )
+    assert "halted at step" in stdout and "all finite" in stdout
+    dump_path = re.search(r"crash dump: (\S+)", stdout).group(1)
+    png_path = re.search(r"plot: +(\S+\.png)", stdout).group(1)
+    events = read_events(run_dir)
+    alerts = [e for e in events if e["event"] == "health_check"]
+    assert alerts and alerts[0]["step"] > 60  # nothing before the learning rate ran away
+    assert events[-1]["status"] == "failed" and events[-1]["error"]["type"] == "TrainingHalted"
+    dump = json.loads(pathlib.Path(dump_path).read_text(encoding="utf-8"))
+    assert dump["format"] == "jaxobs.crash" and dump["trigger"]["kind"] == "halt"
+    assert dump["first_diverged"]["layer"] in ("Conv_0", "Conv_1", "Dense_0", "Dense_1")
+    # the recorder's loss equals what events.jsonl holds for the same steps
+    losses = {
+        e["step"]: e["values"]["train/loss"]
+        for e in events
+        if e["event"] == "metrics" and "train/loss" in e["values"]
+    }
+    recorder = dump["recorder"]
+    recorded = dict(zip(recorder["steps"], recorder["series"]["train/loss"], strict=True))
+    assert recorded and all(losses[s] == pytest.approx(v, rel=1e-6) for s, v in recorded.items())
+    image = matplotlib.image.imread(png_path)
+    assert image.shape[0] > 500 and image.shape[1] > 800 and image.std() > 0.05
+    artifacts = [e["artifact"]["kind"] for e in events if e["event"] == "artifact"]
+    assert "crash_dump" in artifacts and "image" in artifacts
+    assert "jaxobs crash show" in stdout and "first to diverge" in stdout
+
+
+def test_health_false_alarm_benchmark_prints_json():
+    """bench/health_false_alarms.py runs (briefly) and prints its JSON summary."""
+    out = subprocess.run(
+        [PYTHON, str(REPO / "bench" / "health_false_alarms.py"), "--seeds", "1", "--steps", "40"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["runs"][0]["steps"] == 40 and result["total_skipped"] == 0
+    assert result["total_warning_or_higher"] == sum(r["warning_or_higher"] for r in result["runs"])
