@@ -7,6 +7,12 @@ leaves a run directory ``<dir>/digits/<run_id>/`` with ``events.jsonl`` (written
 step) and ``trainlog.json`` (written at the end), prints where it is, and shows the summary
 that ``jaxobs show`` prints.
 
+With ``--wandb offline`` (the default) and ``--tensorboard`` (on by default), the run also
+streams to a W&B offline run (``<run dir>/wandb/``, upload it with ``wandb sync``) and to
+TensorBoard event files (``<run dir>/tensorboard/``), histograms of the parameters, updates
+and gradients included. ``--wandb off --no-tensorboard`` records the run directory only;
+``jaxobs sync RUN --to wandb|tensorboard`` sends it later.
+
 The train step (``examples/digits.py``) is wrapped with ``jaxobs.observe(activations=True,
 health=jaxobs.HealthChecker(num_classes=10))`` and taps its gradients: per-leaf statistics
 of gradients, parameters and updates, activation statistics of every Conv and Dense layer,
@@ -35,6 +41,7 @@ train_step = jaxobs.observe(
     digits.step_fn,
     activations=True,
     health=jaxobs.HealthChecker(num_classes=digits.NUM_CLASSES),
+    histograms=50,  # parameter, update and gradient histograms every 50 steps (on the device)
 )
 eval_step = digits.eval_step
 
@@ -54,7 +61,29 @@ def main(argv=None) -> jaxobs.Run:
     parser.add_argument(
         "--show", action="store_true", help="print the `jaxobs show` summary at the end"
     )
+    parser.add_argument(
+        "--wandb",
+        choices=("offline", "online", "off"),
+        default="offline",
+        help="stream to Weights & Biases (default: an offline run in the run directory)",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write TensorBoard event files into the run directory",
+    )
     args = parser.parse_args(argv)
+    sinks = []
+    if args.wandb != "off":
+        from jaxobs.bridges.wandb import WandbSink
+
+        # quiet: this script prints where the W&B run is and how to upload it
+        sinks.append(WandbSink(mode=args.wandb, init_kwargs={"settings": {"quiet": True}}))
+    if args.tensorboard:
+        from jaxobs.bridges.tensorboard import TensorBoardSink
+
+        sinks.append(TensorBoardSink())
 
     (x_train, y_train), (x_val, y_val) = digits.load_data(args.seed)
     steps_per_epoch = len(x_train) // args.batch_size
@@ -75,6 +104,7 @@ def main(argv=None) -> jaxobs.Run:
         dir=args.dir,
         tags=["demo", "cnn"],
         total_steps=args.epochs * steps_per_epoch,
+        sinks=sinks,
     )
     with run:
         run.emit("train_start", total_steps=args.epochs * steps_per_epoch)
@@ -108,6 +138,13 @@ def main(argv=None) -> jaxobs.Run:
     print(f"run directory: {run.dir}")
     print(f"  events:   {run.events_path}")
     print(f"  trainlog: {run.trainlog_path}")
+    for tracker in jaxobs.read_run(run.dir).events:
+        if tracker["event"] != "tracker":
+            continue
+        if tracker["tracker"] == "wandb" and tracker.get("dir"):
+            print(f"  W&B:      {tracker['dir']}  (upload: wandb sync {tracker['dir']})")
+        elif tracker["tracker"] == "tensorboard":
+            print(f"  TensorBoard: {tracker['logdir']}  (view: tensorboard --logdir <that>)")
     print(f"final validation accuracy: {val['val/accuracy']:.3f}")
     if args.show:
         from jaxobs.cli import main as cli

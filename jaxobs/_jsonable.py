@@ -298,3 +298,55 @@ def collect_env(prefixes: Iterable[str], environ: Mapping[str, str] | None = Non
     environ = os.environ if environ is None else environ
     picked = {k: v for k, v in environ.items() if any(k.startswith(p) for p in prefixes)}
     return dict(sorted(redact_env(picked).items()))
+
+
+HISTOGRAM_BINS = 64  # W&B's and TensorBoard's usual resolution
+
+
+def histogram(value: Any, name: str) -> dict[str, Any]:
+    """A logged histogram as ``{"edges": [...], "counts": [...]}`` (plain floats), or a
+    `TypeError`/`ValueError` naming the histogram.
+
+    Accepts ``(counts, edges)`` as `numpy.histogram` returns it, a mapping with ``counts`` and
+    ``edges`` (and optionally ``sum`` and ``sum_squares`` of the samples), or an array of
+    samples, binned here into `HISTOGRAM_BINS` bins over its finite values.
+    """
+    if isinstance(value, Mapping):
+        missing = [k for k in ("counts", "edges") if k not in value]
+        if missing:
+            raise ValueError(f"histogram {name!r}: the mapping lacks {missing}")
+        counts, edges = value["counts"], value["edges"]
+        extra = {k: value[k] for k in ("sum", "sum_squares") if value.get(k) is not None}
+    elif isinstance(value, tuple) and len(value) == 2 and all(np.ndim(v) >= 1 for v in value):
+        (counts, edges), extra = value, {}  # (counts, edges): checked below
+    else:
+        try:
+            samples = np.asarray(value, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"histogram {name!r}: expected (counts, edges), a mapping with counts and "
+                f"edges, or an array of samples; got {type(value).__name__}"
+            ) from None
+        samples = samples[np.isfinite(samples)]
+        if samples.size == 0:
+            raise ValueError(f"histogram {name!r}: no finite samples to bin")
+        counts, edges = np.histogram(samples, bins=HISTOGRAM_BINS)
+        extra = {"sum": float(samples.sum()), "sum_squares": float((samples * samples).sum())}
+    try:
+        counts = np.asarray(counts, dtype=np.float64)
+        edges = np.asarray(edges, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"histogram {name!r}: counts and edges must be numbers") from None
+    if counts.ndim != 1 or edges.ndim != 1 or edges.size != counts.size + 1 or counts.size < 1:
+        raise ValueError(
+            f"histogram {name!r}: expected n >= 1 counts and n + 1 edges, got "
+            f"{counts.shape} counts and {edges.shape} edges"
+        )
+    if not (np.all(np.isfinite(edges)) and np.all(np.diff(edges) >= 0)):
+        raise ValueError(f"histogram {name!r}: edges must be finite and non-decreasing")
+    if not (np.all(np.isfinite(counts)) and np.all(counts >= 0)):
+        raise ValueError(f"histogram {name!r}: counts must be finite and non-negative")
+    out: dict[str, Any] = {"edges": edges.tolist(), "counts": counts.tolist()}
+    for key, v in extra.items():
+        out[key] = scalar(v, f"{name}.{key}")
+    return out

@@ -6,6 +6,12 @@
     jaxobs crash show DUMP           what a crash dump says: trigger, first layer to diverge,
                                      alerts, checkpoint, the last recorded steps
     jaxobs crash plot DUMP [-o PNG]  draw the failure signature (default: next to the dump)
+    jaxobs sync RUN --to wandb       send a run (finished, failed or killed) to a W&B run:
+                                     an offline run to upload with `wandb sync`, or online
+    jaxobs sync RUN --to tensorboard write it as TensorBoard event files (RUN/tensorboard)
+
+A sync sends only what that destination has not received yet (``RUN/sync/<tracker>.json``
+records it), so running it again never duplicates data.
 
 RUN is a run directory (``<dir>/<project>/<run_id>``) or a TrainLog JSON file. A run that
 crashed is read from its ``events.jsonl``. DUMP is a flight-recorder crash dump
@@ -66,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     crash_plot.add_argument(
         "--output", "-o", metavar="FILE", help="image file (default: the dump's path with .png)"
     )
+    sync = sub.add_parser(
+        "sync", help="send a run directory to W&B or TensorBoard (only what is not there yet)"
+    )
+    sync.add_argument("run", help="run directory")
+    sync.add_argument("--to", required=True, choices=("wandb", "tensorboard"), dest="to")
+    sync.add_argument("--project", help="W&B project (default: the run's)")
+    sync.add_argument("--entity", help="W&B entity")
+    sync.add_argument("--id", help="W&B run id (default: the live W&B run's, else the run id)")
+    sync.add_argument(
+        "--mode",
+        choices=("offline", "online"),
+        help="W&B mode (default: WANDB_MODE, else online with credentials, offline without)",
+    )
+    sync.add_argument("--logdir", help="TensorBoard log directory (default: RUN/tensorboard)")
     return p
 
 
@@ -77,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "crash":
             _crash(args)
+        elif args.command == "sync":
+            _sync(args)
         else:
             _run_command(args)
     except (
@@ -85,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FileNotFoundError,
         IsADirectoryError,
         PermissionError,
-        ImportError,  # an optional dependency: matplotlib for `crash plot`
+        ImportError,  # an optional dependency: matplotlib, wandb, tensorboardX
     ) as e:
         print(f"jaxobs: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -129,6 +151,42 @@ def _crash(args: argparse.Namespace) -> None:
         sys.stdout.write(crash.summary(dump))
     else:
         print(crash.plot(dump, args.output))
+
+
+def _sync(args: argparse.Namespace) -> None:
+    """``sync``: replay the run into a tracker through its bridge (imported only here)."""
+    wandb_only = [f"--{n}" for n in ("project", "entity", "id", "mode") if getattr(args, n)]
+    if args.to == "tensorboard" and wandb_only:
+        raise ValueError(f"{', '.join(wandb_only)} apply to --to wandb only")
+    if args.to == "wandb" and args.logdir:
+        raise ValueError("--logdir applies to --to tensorboard only")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if args.to == "wandb":
+            from jaxobs.bridges import wandb as bridge
+
+            result = bridge.sync(
+                args.run, project=args.project, entity=args.entity, id=args.id, mode=args.mode
+            )
+        else:
+            from jaxobs.bridges import tensorboard as bridge
+
+            result = bridge.sync(args.run, logdir=args.logdir)
+    for w in caught:
+        if w.category.__name__ == "RunDirWarning":
+            print(f"jaxobs: warning: {w.message}", file=sys.stderr)
+    where = f" -> {result.location}" if result.location else ""
+    if result.records == 0:
+        print(f"jaxobs: {result.destination} is up to date (nothing new to send){where}")
+        return
+    print(
+        f"jaxobs: sent {result.records} records (through step {result.last_step}, run "
+        f"{result.status}) to {args.to} {result.destination}{where}"
+    )
+    if args.to == "wandb" and result.location and "offline-run-" in str(result.location):
+        print(f"jaxobs: upload it with: wandb sync {result.location}")
+    elif args.to == "tensorboard":
+        print(f"jaxobs: view it with: tensorboard --logdir {result.location}")
 
 
 def _to_csv(log: TrainLog) -> str:

@@ -63,6 +63,9 @@ class _Collector:
     track_alive: bool = False  # per-unit "was active" masks for the dead-unit window
     alive: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
     raw: dict[str, Any] = dataclasses.field(default_factory=dict)  # tapped trees (the guard)
+    hist_bins: int = 0  # histograms of watched trees (0: none) ...
+    hist_active: Any = False  # ... at this step (traced bool)
+    hists: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
     def add(self, key: str, value: Any) -> None:
         self.values.setdefault(key, value)  # the first value of a key wins (e.g. train fwd)
@@ -74,6 +77,23 @@ class _Collector:
         shapes = jax.eval_shape(compute)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         return lax.cond(self.active, compute, lambda: zeros)
+
+    def add_histograms(self, tree: Any, prefix: str) -> None:
+        """Histograms of ``tree``'s leaves, computed only at histogram steps."""
+        if not self.hist_bins:
+            return
+
+        def compute():
+            return _stats.tree_histograms(tree, self.hist_bins, prefix=prefix)
+
+        if self.hist_active is True:
+            values = compute()
+        else:
+            shapes = jax.eval_shape(compute)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+            values = lax.cond(self.hist_active, compute, lambda: zeros)
+        for key, value in values.items():
+            self.hists.setdefault(key, value)
 
 
 _state = threading.local()
@@ -135,6 +155,8 @@ def tap(**named: Any) -> None:
             collector.scalars.add(name)
         else:
             value = _pure(value)  # an nnx.State: paths like its parameters' (no "/value")
+            if name == "grads":
+                collector.add_histograms(value, name)
             reduced = collector.gated(
                 lambda v=value, n=name: _stats.tree_stats(
                     v, collector.stats, per=collector.per, prefix=n
@@ -440,24 +462,47 @@ def _health_checker(health: Any) -> _health.HealthChecker | None:
 
 @jax.tree_util.register_pytree_node_class
 class _Packed:
-    """One step's statistics: a float32 vector and the step; the keys ride along as static
-    data, so they come back with the jit's outputs."""
+    """One step's statistics: a float32 vector and the step, and the histograms as a second
+    vector; the keys ride along as static data, so they come back with the jit's outputs."""
 
-    def __init__(self, step, valid, vector, keys: tuple[str, ...], n_always: int = 0):
+    def __init__(
+        self,
+        step,
+        valid,
+        vector,
+        hvalid,
+        hvector,
+        keys: tuple[str, ...],
+        n_always: int = 0,
+        hnames: tuple[str, ...] = (),
+    ):
         self.step, self.valid, self.vector = step, valid, vector
-        self.keys, self.n_always = keys, n_always
+        self.hvalid, self.hvector = hvalid, hvector
+        self.keys, self.n_always, self.hnames = keys, n_always, hnames
+
+    @property
+    def arrays(self) -> tuple:
+        return (self.step, self.valid, self.vector, self.hvalid, self.hvector)
 
     def tree_flatten(self):
-        return (self.step, self.valid, self.vector), (self.keys, self.n_always)
+        return self.arrays, (self.keys, self.n_always, self.hnames)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         return cls(*children, *aux)
 
 
-def _pack(step: Any, valid: Any, values: Mapping[str, Any], always: Iterable[str] = ()) -> _Packed:
+def _pack(
+    step: Any,
+    valid: Any,
+    values: Mapping[str, Any],
+    always: Iterable[str] = (),
+    hists: Mapping[str, Any] | None = None,
+    hvalid: Any = False,
+) -> _Packed:
     """Pack values into one vector; the ``always`` keys come first and are delivered at every
-    step, the others (statistics) only where ``valid`` (every=N)."""
+    step, the others (statistics) only where ``valid`` (every=N). Histogram vectors are
+    concatenated into a second vector, delivered where ``hvalid``."""
     always = set(always)
     first = [k for k in values if k in always]
     keys = (*first, *(k for k in values if k not in always))
@@ -466,14 +511,46 @@ def _pack(step: Any, valid: Any, values: Mapping[str, Any], always: Iterable[str
         if keys
         else jnp.zeros((0,), jnp.float32)
     )
-    return _Packed(jnp.asarray(step, jnp.int32), jnp.asarray(valid), vector, keys, len(first))
+    hists = dict(hists or {})
+    hvector = (
+        jnp.concatenate([jnp.asarray(v, jnp.float32) for v in hists.values()])
+        if hists
+        else jnp.zeros((0,), jnp.float32)
+    )
+    return _Packed(
+        jnp.asarray(step, jnp.int32),
+        jnp.asarray(valid),
+        vector,
+        jnp.asarray(hvalid),
+        hvector,
+        keys,
+        len(first),
+        tuple(hists),
+    )
 
 
-def _unpack(step: Any, valid: Any, vector: Any, keys: Sequence[str], n_always: int) -> tuple:
-    """(step, values to log): every value at a valid step, else the always-delivered ones."""
+def _unpack(
+    step: Any,
+    valid: Any,
+    vector: Any,
+    hvalid: Any,
+    hvector: Any,
+    keys: Sequence[str],
+    n_always: int,
+    hnames: Sequence[str] = (),
+) -> tuple[int, dict[str, float], dict[str, Any]]:
+    """(step, values to log, histograms to log): every value at a valid step, else the
+    always-delivered ones; the histograms at a histogram step."""
     vector = np.asarray(vector)
     count = len(keys) if bool(valid) else n_always
-    return int(step), {k: float(v) for k, v in zip(keys[:count], vector[:count], strict=True)}
+    values = {k: float(v) for k, v in zip(keys[:count], vector[:count], strict=True)}
+    hists: dict[str, Any] = {}
+    if hnames and bool(hvalid):
+        for name, part in zip(hnames, np.split(np.asarray(hvector), len(hnames)), strict=True):
+            record = _stats.histogram_record(part)
+            if record is not None:  # a leaf without finite values has no histogram
+                hists[name] = record
+    return int(step), values, hists
 
 
 # ----------------------------------------------------------------------------- host side
@@ -521,8 +598,10 @@ class _Deliverer:
                 if callable(packed):  # a task in step order (a snapshot to keep)
                     packed()
                     continue
-                step, valid, vector = jax.device_get((packed.step, packed.valid, packed.vector))
-                self._observed._deliver(*_unpack(step, valid, vector, packed.keys, packed.n_always))
+                arrays = jax.device_get(packed.arrays)
+                self._observed._deliver(
+                    *_unpack(*arrays, packed.keys, packed.n_always, packed.hnames)
+                )
             except Exception as e:  # never let the thread die: report and go on
                 logger.warning("jaxobs: could not deliver statistics: %s: %s", type(e).__name__, e)
             finally:
@@ -575,6 +654,8 @@ class Observed:
         metrics_prefix: str = "train",
         health: Any = None,
         recorder: int | None = 256,
+        histograms: int = 0,
+        histogram_bins: int = 64,
         jit: bool = True,
         **jit_kwargs: Any,
     ):
@@ -586,9 +667,25 @@ class Observed:
         unknown = [w for w in watch if w not in WATCH]
         if unknown:
             raise ValueError(f"unknown watch entries {unknown}; choose from {list(WATCH)}")
+        for name, value, low in (
+            ("histograms", histograms, 0),
+            ("histogram_bins", histogram_bins, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"{name} must be an integer >= {low}"
+                    + (" (every how many steps; 0: off)" if name == "histograms" else "")
+                    + f", got {value!r}"
+                )
+        if histogram_bins > 512:
+            raise ValueError(
+                f"histogram_bins must be at most 512 (W&B's limit), got {histogram_bins}"
+            )
         self.fn = fn
         self.run = run
         self.every = every
+        self.histograms = histograms
+        self.histogram_bins = histogram_bins
         self.watch = frozenset(watch)
         self.stats = _stats._check_stats(stats)
         self.per = per
@@ -631,6 +728,12 @@ class Observed:
         else:
             active = jnp.asarray(step) % self.every == 0
         collector = _Collector(self.stats, self.per, self.act_stats, active, watch=self.watch)
+        if self.histograms:
+            collector.hist_bins = self.histogram_bins
+            if self.histograms == 1 or (device_step is None and self._step_on_host):
+                collector.hist_active = True
+            else:
+                collector.hist_active = jnp.asarray(step) % self.histograms == 0
         collector.track_alive = self.health is not None and self.activations
         nnx_model, params_before = (None, None)
         nnx_before: list[tuple[Any, Any]] = []
@@ -664,7 +767,10 @@ class Observed:
         values.update(collector.values)
         values.update(health_values)
         always = metrics | collector.scalars | set(health_values)
-        return out, _pack(step, active, values, always=always), guard
+        packed = _pack(
+            step, active, values, always, hists=collector.hists, hvalid=collector.hist_active
+        )
+        return out, packed, guard
 
     def _guard(
         self,
@@ -737,6 +843,10 @@ class Observed:
                 return out_stats
 
             values.update(collector.gated(compute))
+            if "params" in self.watch:
+                collector.add_histograms(after, "params")
+            if "updates" in self.watch:
+                collector.add_histograms(jax.tree.map(lambda a, b: a - b, after, before), "updates")
         metrics = _metrics_of(out)
         metric_keys: set[str] = set()
         if metrics is not None and "metrics" in self.watch:
@@ -856,19 +966,18 @@ class Observed:
         # trace: the step is then given on arrival, by ordered callbacks.
         self._step_on_host = _device_step(args) is None
         out, packed, _ = self._body(jnp.int32(-1), None, args, kwargs)
-        keys, n_always = packed.keys, packed.n_always
+        keys, n_always, hnames = packed.keys, packed.n_always, packed.hnames
 
-        def receive(s, valid, vector):
+        def receive(s, valid, vector, hvalid, hvector):
             self._hook_run()
             s = int(s)
             if s < 0:  # numbered on arrival (ordered callbacks)
                 s, self._callback_step = self._callback_step, self._callback_step + 1
                 valid = s % self.every == 0
-            self._deliver(*_unpack(s, valid, vector, keys, n_always))
+                hvalid = bool(self.histograms) and s % self.histograms == 0
+            self._deliver(*_unpack(s, valid, vector, hvalid, hvector, keys, n_always, hnames))
 
-        io_callback(
-            receive, None, packed.step, packed.valid, packed.vector, ordered=self._step_on_host
-        )
+        io_callback(receive, None, *packed.arrays, ordered=self._step_on_host)
         return out
 
     # -- the guard's state, halting, rolling back
@@ -1017,8 +1126,10 @@ class Observed:
                 run._monitors.append(functools.partial(self._monitor, run))
                 run._on_end.append(functools.partial(self._on_run_end, run))
 
-    def _deliver(self, step: int, values: dict[str, float]) -> None:
-        if not values:
+    def _deliver(
+        self, step: int, values: dict[str, float], hists: Mapping[str, Any] | None = None
+    ) -> None:
+        if not values and not hists:
             return
         run = self._target_run()
         if run is None:
@@ -1030,7 +1141,10 @@ class Observed:
             return
         if run.finished:
             return
-        run.log(values, step=step)
+        if values:
+            run.log(values, step=step)
+        if hists:
+            run.log_histograms(hists, step=step)
 
     def _monitor(self, run, step: int, values: Mapping[str, float]) -> None:
         """Every record the run logs (ours and the user's): recorder, then health rules."""
@@ -1198,6 +1312,15 @@ def observe(
       activations: Record activation statistics (flax linen and NNX).
       act_stats: Which of `jaxobs.stats.ACT_STATS`.
       metrics_prefix: Prefix for returned metrics (default ``train``: ``train/loss``).
+      health: A `jaxobs.HealthChecker` (or True for the defaults): the on-device guard and
+        the host rules (see the health docs).
+      recorder: Steps the flight recorder keeps for crash dumps (0: off).
+      histograms: Every how many steps to compute histograms of the watched parameters,
+        updates and tapped gradients on the device (0, the default: never). Only the bins
+        (``histogram_bins + 4`` numbers per leaf) leave the device; they are recorded with
+        `jaxobs.Run.log_histograms` under ``params/<path>``, ``updates/<path>``,
+        ``grads/<path>``.
+      histogram_bins: Bins per histogram (at most 512).
       jit: False to run the step un-jitted (debugging); records go through a callback.
       **jit_kwargs: Forwarded to `jax.jit` / `nnx.jit`.
 

@@ -91,6 +91,8 @@ EVENT_LEVELS: dict[str, Level] = {
     "health_check": Level.BASIC,  # an alert of the health rules (rule, severity, message)
     "crash_dump": Level.BASIC,  # the flight recorder was dumped (path, plot)
     "rollback": Level.BASIC,  # the last good state was restored
+    "tracker": Level.BASIC,  # a bridge started or adopted a tracker's run (W&B id, sweep)
+    "histograms": Level.DETAILED,  # `Run.log_histograms`: binned distributions at a step
     "batch_start": Level.DETAILED,
     "batch_end": Level.DETAILED,
     "layer_forward": Level.EXPERT,
@@ -103,6 +105,7 @@ CUSTOM_EVENT_LEVEL = Level.DETAILED
 _STREAM_TYPES = frozenset(
     {
         "metrics",
+        "histograms",
         "batch_start",
         "batch_end",
         "layer_forward",
@@ -161,6 +164,7 @@ class Event:
 
 _STOP = object()
 _FLUSH = "flush"
+_ADD = "add"
 
 
 class Dispatcher:
@@ -178,9 +182,13 @@ class Dispatcher:
         self._sinks: list[Any] = list(sinks)
         self._callbacks: list[tuple[str, Callable[[Event], Any]]] = []
         self._disabled: set[int] = set()
+        self._waiting: set[int] = set()  # sinks added but not yet given their first event
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._block_timeout_s = block_timeout_s
         self.dropped: Counter[str] = Counter()
+        # When each skipped event was recorded: a sink that must hold every record (a
+        # tracker bridge) reads these back from events.jsonl when the run ends.
+        self.dropped_ns: list[int] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -191,9 +199,21 @@ class Dispatcher:
     def sinks(self) -> list[Any]:
         return list(self._sinks)
 
-    def add_sink(self, sink: Any) -> None:
-        with self._lock:
+    def add_sink(self, sink: Any, first: Event | None = None) -> None:
+        """Deliver the events queued from now on to ``sink`` too, after ``first`` (the run's
+        ``run_start``, so that a sink added late still learns what run it serves)."""
+        if first is None:
+            with self._lock:
+                self._sinks.append(sink)
+            return
+        with self._lock:  # listed now; it gets events queued after `first`
             self._sinks.append(sink)
+            self._waiting.add(id(sink))
+        try:
+            self._queue.put((_ADD, sink, first), timeout=self._block_timeout_s)
+        except queue.Full:  # the sink still gets what comes next
+            with self._lock:
+                self._waiting.discard(id(sink))
 
     def register_callback(self, event_type: str, fn: Callable[[Event], Any]) -> None:
         """Call ``fn(event)`` for every event of ``event_type`` (``"*"``: every event)."""
@@ -215,6 +235,7 @@ class Dispatcher:
             return True
         except queue.Full:
             self.dropped[event.type] += 1
+            self.dropped_ns.append(event.timestamp_ns)
             return False
 
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -251,11 +272,22 @@ class Dispatcher:
                 self._each_sink("flush")
                 item[1].set()
                 continue
+            if isinstance(item, tuple) and item[0] == _ADD:
+                _, sink, first = item
+                with self._lock:
+                    self._waiting.discard(id(sink))
+                self._deliver(first, only=sink)
+                continue
             self._deliver(item)
 
-    def _deliver(self, event: Event) -> None:
+    def _deliver(self, event: Event, only: Any = None) -> None:
         with self._lock:
             sinks, callbacks = list(self._sinks), list(self._callbacks)
+            waiting = set(self._waiting)
+        if only is not None:
+            sinks, callbacks = [only], []
+        elif waiting:
+            sinks = [s for s in sinks if id(s) not in waiting]
         for sink in sinks:
             if id(sink) in self._disabled:
                 continue

@@ -63,7 +63,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _NOT_INSTALLED = object()
 # Event types the run writes itself, and the fields every record has.
 _RESERVED_TYPES = frozenset(
-    {"run_start", "run_end", "metrics", "artifact", "note", "config_update"}
+    {"run_start", "run_end", "metrics", "histograms", "artifact", "note", "config_update"}
 )
 _RECORD_KEYS = frozenset({"event", "level", "step", "timestamp_ns"})
 
@@ -111,6 +111,26 @@ def _dumps(record: Mapping[str, Any]) -> str:
         allow_nan=False,
         separators=(",", ":"),
     )
+
+
+def _convert_named(
+    values: Any, method: str, what: str, convert: Callable[[Any, str], Any]
+) -> dict[str, Any]:
+    """``{name: convert(value, name)}``, or a TypeError naming the method or the bad name."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{method} takes a mapping of {what} names to values, got {values!r}")
+    converted = {}
+    for key, value in values.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{what} names must be non-empty strings, got {key!r}")
+        converted[key] = convert(value, key)
+    return converted
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not hasattr(step, "__index__") or step < 0:
+        raise TypeError(f"step must be a non-negative integer, got {step!r}")
+    return int(step)
 
 
 def init(
@@ -230,6 +250,7 @@ class Run:
         self._sigterm_pending = False
         self._pid = os.getpid()
         self._file = None
+        self._start_event: Event | None = None
         self._dispatcher: Dispatcher | None = None
         self._pending: collections.deque[Event] = collections.deque()
         # Producers that deliver records late (jaxobs.observe) flush here before run_end.
@@ -272,8 +293,10 @@ class Run:
             ) from None
         self._file.write(line)
         self._fsync()
-        self._dispatcher = Dispatcher(sinks, maxsize=queue_size)
-        self._dispatcher.submit(start)
+        self._start_event = start
+        self._dispatcher = Dispatcher([], maxsize=queue_size)
+        for sink in sinks:  # each gets run_start first; a bind may record (config, tracker)
+            self.add_sink(sink)
         ref = weakref.ref(self)
         self._atexit = lambda: (r := ref()) is not None and r._finish_at_exit()
         atexit.register(self._atexit)
@@ -297,6 +320,13 @@ class Run:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def skipped_for_sinks_ns(self) -> list[int]:
+        """The ``timestamp_ns`` of every record the sinks did not get because their queue was
+        full (all of them are in ``events.jsonl``; a tracker bridge sends them from there when
+        the run ends)."""
+        return list(self._dispatcher.dropped_ns) if self._dispatcher is not None else []
 
     @property
     def events_path(self) -> pathlib.Path:
@@ -323,25 +353,43 @@ class Run:
           TypeError: a value that is not a scalar, or a non-string key; names the metric.
           RuntimeError: the run has finished.
         """
-        if not isinstance(values, Mapping):
-            raise TypeError(f"run.log takes a mapping of metric names to numbers, got {values!r}")
-        converted = {}
-        for key, value in values.items():
-            if not isinstance(key, str) or not key:
-                raise TypeError(f"metric names must be non-empty strings, got {key!r}")
-            converted[key] = _jsonable.scalar(value, key)
+        converted = _convert_named(values, "run.log", "metric", _jsonable.scalar)
         with self._lock:
             self._check_open("log")
-            if step is None:
-                step = self._next_step
-            elif isinstance(step, bool) or not hasattr(step, "__index__") or step < 0:
-                raise TypeError(f"step must be a non-negative integer, got {step!r}")
-            step = int(step)
+            step = _check_step(self._next_step if step is None else step)
             self._next_step = max(self._next_step, step + 1)
             self._emit("metrics", step, {"values": converted}, Level.BASIC)
         self._submit_pending()
         for monitor in list(self._monitors):
             self._call_hook(monitor, step, converted)
+
+    def log_histograms(self, histograms: Mapping[str, Any], step: int | None = None) -> None:
+        """Record histograms at ``step`` (one ``histograms`` record, level DETAILED).
+
+        `jaxobs.observe(histograms=N)` computes them on the device and logs them here; the
+        bridges show them as W&B and TensorBoard histograms.
+
+        Args:
+          histograms: ``{"params/Dense_0/kernel": value}``, each value ``(counts, edges)``
+            as `numpy.histogram` returns it, a mapping with ``counts`` and ``edges`` (and
+            optionally ``sum`` and ``sum_squares``), or an array of samples (binned here into
+            64 bins over its finite values).
+          step: The training step (default: the last step logged, or 0).
+
+        Raises:
+          TypeError, ValueError: a malformed histogram, naming it.
+          RuntimeError: the run has finished.
+        """
+        converted = _convert_named(
+            histograms, "run.log_histograms", "histogram", _jsonable.histogram
+        )
+        if not converted:
+            return
+        with self._lock:
+            self._check_open("log_histograms")
+            step = _check_step(max(self._next_step - 1, 0) if step is None else step)
+            self._emit("histograms", step, {"values": converted}, Level.DETAILED)
+        self._submit_pending()
 
     def _call_hook(self, hook: Callable, *args: Any) -> None:
         """Call a monitor; one that raises is reported once and training goes on."""
@@ -455,8 +503,34 @@ class Run:
         self._submit_pending()
 
     def add_sink(self, sink: Any) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.add_sink(sink)
+        """Send this run's events to ``sink`` from now on.
+
+        A sink with a ``bind(run)`` method (the W&B and TensorBoard bridges) is bound first,
+        in the caller's thread: that is where a tracker starts its run, so that what it
+        decides (a sweep's hyperparameters) is in `config` when this returns. The sink gets
+        the ``run_start`` event next. A ``bind`` that raises is reported once and the sink is
+        left out; the run goes on.
+        """
+        if self._dispatcher is None:
+            return
+        bind = getattr(sink, "bind", None)
+        if bind is not None:
+            try:
+                bind(self)
+            except Exception as e:
+                from jaxobs.events import logger
+
+                message = (
+                    f"jaxobs: {type(sink).__name__}.bind raised {type(e).__name__}: {e}; "
+                    f"the sink is left out (training goes on, {self.events_path} is complete)"
+                )
+                tracker = getattr(sink, "tracker", None)
+                if isinstance(tracker, str):
+                    message += f"; send the run later with `jaxobs sync {self.dir} --to {tracker}`"
+                self._dispatcher.errors.append(message)
+                logger.warning(message)
+                return
+        self._dispatcher.add_sink(sink, first=self._start_event)
 
     def register_callback(self, event_type: str, fn: Callable[[Event], Any]) -> None:
         """Call ``fn(event)`` on the worker thread for each event of that type (``"*"``: all)."""
@@ -555,9 +629,13 @@ class Run:
         end["dropped_for_sinks"] = dict(self._dispatcher.dropped)
         event = self._record("run_end", self._next_step - 1 if self._next_step else None, end)
         self._fsync()
-        self._dispatcher.submit(event)
-        self._dispatcher.close()
         self._file.close()
+        try:  # before the sinks see run_end, so that a bridge can attach trainlog.json
+            record = read_run(self.dir, _warn=False)
+            record.log.to_trainlog().write_json(self.trainlog_path)
+        finally:
+            self._dispatcher.submit(event)
+            self._dispatcher.close()
         if self._dispatcher.dropped:
             from jaxobs.events import logger
 
@@ -566,8 +644,6 @@ class Run:
                 self.events_path,
                 dict(self._dispatcher.dropped),
             )
-        record = read_run(self.dir, _warn=False)
-        record.log.to_trainlog().write_json(self.trainlog_path)
         return self.trainlog_path
 
     def _finish_at_exit(self) -> None:

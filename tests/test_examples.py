@@ -7,7 +7,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import PYTHON, REPO, read_events
+from helpers import PYTHON, REPO, metric_table, read_events
+from tb_files import read_tensorboard
+from wandb_files import find_offline_runs, read_offline_run
 
 
 def _run_example(script: str, *args: str):
@@ -22,8 +24,9 @@ def _run_example(script: str, *args: str):
     return out.stdout, re.search(r"run directory: (\S+)", out.stdout).group(1)
 
 
-def test_digits_demo_leaves_a_complete_run_directory(tmp_path):
-    """examples/01: prints its run directory; events, trainlog and confusion matrix agree."""
+def test_digits_demo_leaves_a_complete_run_directory(tmp_path, wandb_env):
+    """examples/01: prints its run directory; events, trainlog and confusion matrix agree;
+    a W&B offline run and TensorBoard event files beside it hold the same values."""
     stdout, run_dir = _run_example(
         "01_digits_cnn.py", "--dir", str(tmp_path), "--epochs", "2", "--show"
     )
@@ -49,6 +52,20 @@ def test_digits_demo_leaves_a_complete_run_directory(tmp_path):
     # Training did something: validation accuracy far above chance (10 classes).
     assert series["val/accuracy"]["values"][-1] > 0.5
     assert "jaxobs show" in stdout and "train/loss" in stdout
+    # Beside the run: a W&B offline run and TensorBoard event files, with the same values.
+    val = metric_table(events)["val/accuracy"]
+    (offline_dir,) = find_offline_runs(pathlib.Path(run_dir) / "wandb")
+    offline = read_offline_run(offline_dir, timeout=30)
+    assert {
+        r["trainer/step"]: r["val/accuracy"] for r in offline.history if "val/accuracy" in r
+    } == val
+    assert any(r.get("params/Conv_0/kernel/_type") == "histogram" for r in offline.history)
+    board = read_tensorboard(pathlib.Path(run_dir) / "tensorboard")
+    assert {s: pytest.approx(v) for s, v, _ in board.scalars["val/accuracy"]} == val
+    assert len(board.histograms["grads/Conv_0/kernel"]) == len(
+        [e for e in events if e["event"] == "histograms"]
+    )
+    assert f"wandb sync {offline_dir}" in stdout
 
 
 def test_log_overhead_benchmark_prints_json():

@@ -11,7 +11,8 @@ HEAVY = ("wandb", "tensorboardX", "tensorboard", "matplotlib", "plotly", "tensor
 
 
 def test_import_jaxobs_imports_no_tracker_or_plotting_package(tmp_path):
-    """`import jaxobs` never tries to import wandb, tensorboardX, matplotlib or plotly."""
+    """`import jaxobs` (and its bridges, until they start) never tries to import wandb,
+    tensorboardX, matplotlib or plotly."""
     # A meta-path finder sees every import attempt, even of packages that are not installed.
     script = textwrap.dedent(
         f"""
@@ -24,7 +25,8 @@ def test_import_jaxobs_imports_no_tracker_or_plotting_package(tmp_path):
                     tried.append(name)
                 return None
         sys.meta_path.insert(0, Spy())
-        import jaxobs, jaxobs.bridges, jaxobs.cli
+        import jaxobs, jaxobs.bridges, jaxobs.cli, jaxobs.replay
+        import jaxobs.bridges.wandb, jaxobs.bridges.tensorboard  # trackers load at use
         loaded = [m for m in sys.modules if m.split(".")[0] in HEAVY]
         print(repr((tried, loaded)))
         """

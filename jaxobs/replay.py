@@ -1,0 +1,260 @@
+"""Sending a run directory to a tracker later, exactly once: what `jaxobs sync` is built on.
+
+A run directory's ``events.jsonl`` holds every record the run made, in order, each with its
+wall-clock ``timestamp_ns``. A tracker bridge replays those records as the `Event` objects a
+live sink receives, so a replay and a live stream write the same things.
+
+What has been sent is kept in a *sync marker*, ``<run dir>/sync/<tracker>.json``: for each
+destination (a W&B project and run id, a TensorBoard log directory), the timestamp of the
+last record sent. A second sync sends only the records after it, so running a sync twice
+never duplicates data, and a run that was still going (or was killed) can be synced again
+as it grows. Live bridges advance the same marker as they stream (every few seconds and when
+they close), so a later sync of a run whose live stream broke off sends only the rest.
+
+Nothing here imports a tracker: the bridges (`jaxobs.bridges.wandb`,
+`jaxobs.bridges.tensorboard`) do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from jaxobs import _jsonable
+from jaxobs.events import Event, Level
+from jaxobs.run import RunRecord
+
+__all__ = ["MARKER_DIR", "MarkerClock", "SyncMarker", "SyncResult", "deliver", "events_of"]
+
+logger = logging.getLogger("jaxobs")
+
+MARKER_DIR = "sync"
+MARKER_FORMAT = "jaxobs.sync"
+MARKER_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncResult:
+    """What a sync sent.
+
+    Attributes:
+      tracker: ``"wandb"`` or ``"tensorboard"``.
+      destination: Where (``project/id``, a log directory).
+      records: How many records were sent this time (0: it was up to date).
+      last_step: The last step the destination now holds.
+      location: The W&B offline run directory or URL, or the TensorBoard log directory.
+      status: The jaxobs run's status (``incomplete`` for a run that was killed).
+    """
+
+    tracker: str
+    destination: str
+    records: int
+    last_step: int | None
+    location: str | None
+    status: str
+
+
+def events_of(record: RunRecord, after_ns: int | None = None) -> list[Event]:
+    """The records of a run directory as the events a live sink receives, in order; only
+    those recorded after ``after_ns`` when it is given.
+
+    Metric values come back as floats (non-finite ones from their ``"NaN"``/``"Infinity"``
+    strings); other payloads as stored.
+    """
+    out = []
+    for rec in record.events:
+        timestamp = int(rec.get("timestamp_ns", 0))
+        if after_ns is not None and timestamp <= after_ns:
+            continue
+        data = {k: v for k, v in rec.items() if k not in ("event", "level", "step", "timestamp_ns")}
+        kind = rec["event"]
+        if kind == "metrics":
+            data["values"] = {
+                k: v if type(v) is float else _jsonable.decode_float(v, k)
+                for k, v in data.get("values", {}).items()
+            }
+        try:
+            level = Level[str(rec.get("level", "BASIC"))]
+        except KeyError:
+            level = Level.DETAILED
+        out.append(Event(kind, level, rec.get("step"), timestamp, data))
+    return out
+
+
+class SyncMarker:
+    """What one destination of one tracker has received from a run directory.
+
+    Args:
+      run_dir: The run directory (the marker is ``<run_dir>/sync/<tracker>.json``).
+      tracker: ``"wandb"`` or ``"tensorboard"``.
+      destination: A key naming where the records go (``"<project>/<run id>"``, a log
+        directory).
+
+    Attributes:
+      sent_through_ns: The ``timestamp_ns`` of the last record sent there, or None.
+      info: What the tracker said about the destination (its run id, directory, mode, ...).
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, tracker: str, destination: str):
+        self.path = pathlib.Path(run_dir) / MARKER_DIR / f"{tracker}.json"
+        self.tracker = tracker
+        self.destination = destination
+        entry = self._load().get(destination, {})
+        self.sent_through_ns: int | None = entry.get("sent_through_ns")
+        self.records: int = int(entry.get("records", 0))
+        self.last_step: int | None = entry.get("last_step")
+        self.info: dict[str, Any] = dict(entry.get("info", {}))
+
+    @classmethod
+    def destinations(cls, run_dir: str | os.PathLike, tracker: str) -> dict[str, dict[str, Any]]:
+        """Every destination the marker of ``tracker`` knows, with what it holds."""
+        return cls(run_dir, tracker, "")._load()
+
+    def _load(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"{self.path}: unreadable sync marker ({e}); it records what was already sent "
+                "to this tracker. Delete it to send the whole run again."
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT:
+            raise ValueError(f"{self.path}: not a jaxobs sync marker (format {MARKER_FORMAT!r})")
+        if int(data.get("version", 0)) > MARKER_VERSION:
+            raise ValueError(
+                f"{self.path}: sync marker version {data.get('version')} is newer than this "
+                f"jaxobs understands ({MARKER_VERSION}); upgrade jaxobs"
+            )
+        return dict(data.get("destinations", {}))
+
+    def advance(self, event: Event) -> None:
+        """Count ``event`` as sent (in memory; `save` writes it)."""
+        if self.sent_through_ns is None or event.timestamp_ns > self.sent_through_ns:
+            self.sent_through_ns = event.timestamp_ns
+        self.records += 1
+        if event.step is not None and event.type != "run_end":
+            self.last_step = max(event.step, self.last_step or 0)
+
+    def save(self, **info: Any) -> None:
+        """Write the marker (atomically: a crash leaves the old one or the new one)."""
+        self.info.update({k: v for k, v in info.items() if v is not None})
+        destinations = self._load()
+        destinations[self.destination] = {
+            "sent_through_ns": self.sent_through_ns,
+            "records": self.records,
+            "last_step": self.last_step,
+            "updated_ns": time.time_ns(),
+            "info": _jsonable.to_config(self.info, "sync marker"),
+        }
+        data = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "destinations": destinations}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".marker-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class MarkerClock:
+    """Advances a `SyncMarker` for a live sink and saves it every ``every_s`` seconds, so a
+    sync after a crash sends only what the live stream had not sent.
+
+    Args:
+      marker: The destination's marker.
+      every_s: How often `tick` saves it.
+      run: The live `jaxobs.Run`: records its sinks' queue skipped are not counted as sent
+        until `catch_up` has sent them.
+    """
+
+    def __init__(self, marker: SyncMarker, every_s: float = 10.0, run: Any = None):
+        self.marker = marker
+        self.every_s = every_s
+        self.run = run
+        self.caught_up = False
+        self._saved = time.monotonic()
+
+    def tick(self, event: Event, info: Mapping[str, Any] | None = None) -> None:
+        self.marker.advance(event)
+        if time.monotonic() - self._saved >= self.every_s:
+            self.save(info)
+
+    def save(self, info: Mapping[str, Any] | None = None) -> None:
+        skipped = self.run.skipped_for_sinks_ns if self.run is not None else []
+        sent = self.marker.sent_through_ns
+        if skipped and not self.caught_up and sent is not None and sent >= min(skipped):
+            # Not yet sent: a sync after a crash starts from the first skipped record.
+            self.marker.sent_through_ns = min(skipped) - 1
+            try:
+                self.marker.save(**dict(info or {}))
+            finally:
+                self.marker.sent_through_ns = sent
+        else:
+            self.marker.save(**dict(info or {}))
+        self._saved = time.monotonic()
+
+    def catch_up(self, handle: Callable[[Event], Any]) -> int:
+        """Send, through ``handle``, the records the sinks' queue skipped, read back from the
+        run's ``events.jsonl``; returns how many. Call it when the run ends."""
+        skipped = set(self.run.skipped_for_sinks_ns) if self.run is not None else set()
+        sent = 0
+        if skipped:
+            from jaxobs.run import read_run
+
+            for event in events_of(read_run(self.run.dir, _warn=False)):
+                if event.timestamp_ns in skipped and event.type != "run_end":
+                    handle(event)
+                    sent += 1
+        self.caught_up = True
+        return sent
+
+
+def deliver(bridge: Any, event: Event, tracker: str, info: Callable[[], Mapping[str, Any]]) -> None:
+    """Hand ``event`` to ``bridge._on_<event type>`` and count it in the bridge's marker.
+
+    The protocol the bridges share: ``bridge._failed``, ``bridge._replaying`` (a sync: errors
+    are raised, not reported), ``bridge._clock`` (a `MarkerClock`) and ``bridge._run_dir``.
+    A live bridge that raises is reported once, with the ``jaxobs sync`` command that sends
+    the rest later, and gets nothing more; training goes on.
+    """
+    if bridge._failed:
+        return
+    method = getattr(bridge, f"_on_{event.type}", None)
+    try:
+        if method is not None:
+            method(event)
+    except Exception as e:
+        if bridge._replaying:
+            raise
+        bridge._failed = True
+        where = bridge._run_dir or "the run directory"
+        logger.warning(
+            "jaxobs: %s failed: %s: %s (on %s at step %s). Training goes on and %s is "
+            "complete; %s gets nothing more from this run: send the rest later with "
+            "`jaxobs sync %s --to %s`",
+            tracker,
+            type(e).__name__,
+            e,
+            event.type,
+            event.step,
+            where,
+            tracker,
+            where,
+            bridge.tracker,
+        )
+        return
+    if bridge._clock is not None and event.type != "run_end":
+        bridge._clock.tick(event, info())
