@@ -70,28 +70,26 @@ class _Collector:
     def add(self, key: str, value: Any) -> None:
         self.values.setdefault(key, value)  # the first value of a key wins (e.g. train fwd)
 
-    def gated(self, compute: Callable[[], dict[str, jax.Array]]) -> dict[str, jax.Array]:
-        """``compute()`` at active steps, zeros otherwise, without paying for it."""
-        if self.active is True:
+    def gated(
+        self, compute: Callable[[], dict[str, jax.Array]], active: Any = None
+    ) -> dict[str, jax.Array]:
+        """``compute()`` at active steps (``active``, default: the statistics steps), zeros
+        otherwise, without paying for it."""
+        active = self.active if active is None else active
+        if active is True:
             return compute()
         shapes = jax.eval_shape(compute)
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return lax.cond(self.active, compute, lambda: zeros)
+        return lax.cond(active, compute, lambda: zeros)
 
     def add_histograms(self, tree: Any, prefix: str) -> None:
         """Histograms of ``tree``'s leaves, computed only at histogram steps."""
         if not self.hist_bins:
             return
 
-        def compute():
-            return _stats.tree_histograms(tree, self.hist_bins, prefix=prefix)
-
-        if self.hist_active is True:
-            values = compute()
-        else:
-            shapes = jax.eval_shape(compute)
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            values = lax.cond(self.hist_active, compute, lambda: zeros)
+        values = self.gated(
+            lambda: _stats.tree_histograms(tree, self.hist_bins, prefix=prefix), self.hist_active
+        )
         for key, value in values.items():
             self.hists.setdefault(key, value)
 

@@ -112,11 +112,6 @@ class SyncMarker:
         self.last_step: int | None = entry.get("last_step")
         self.info: dict[str, Any] = dict(entry.get("info", {}))
 
-    @classmethod
-    def destinations(cls, run_dir: str | os.PathLike, tracker: str) -> dict[str, dict[str, Any]]:
-        """Every destination the marker of ``tracker`` knows, with what it holds."""
-        return cls(run_dir, tracker, "")._load()
-
     def _load(self) -> dict[str, Any]:
         if not self.path.is_file():
             return {}
