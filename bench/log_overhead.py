@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import jaxobs
-from jaxobs import _jsonable
+from jaxobs._src.formats import config as _jsonable
 
 
 def _values(n: int, rng) -> dict[str, np.float32]:

@@ -41,10 +41,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from jaxobs.events import Event
-from jaxobs.log import RunInfo
-from jaxobs.replay import MarkerClock, SyncMarker, SyncResult, deliver, events_of
-from jaxobs.run import read_run
+from jaxobs._src.formats.events import Event
+from jaxobs._src.formats.experiment import RunInfo
+from jaxobs._src.formats.rundir import events_of, read_run
+from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
+from jaxobs.bridges._tracker import MarkerClock, deliver
 
 __all__ = ["TensorBoardSink", "sync"]
 

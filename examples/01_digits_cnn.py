@@ -130,11 +130,11 @@ def main(argv=None) -> jaxobs.Run:
             }
             run.log(val, step=step - 1)
             run.emit("epoch_end", step=step - 1, epoch=epoch, metrics=val)
-        cm = jaxobs.ConfusionMatrix.from_predictions(y_val, np.asarray(predictions), 10)
+        cm = jaxobs.artifacts.ConfusionMatrix.from_predictions(y_val, np.asarray(predictions), 10)
         run.log_confusion_matrix("val_confusion", cm, step=step - 1)
         run.emit("train_end", step=step - 1, final_val_accuracy=val["val/accuracy"])
     if args.log is not None:  # e.g. --log out/trainlog.json, or --log off
-        jaxobs.LogDestination.parse(args.log).write(jaxobs.read_run(run.dir).log)
+        jaxobs.artifacts.LogDestination.parse(args.log).write(jaxobs.read_run(run.dir).log)
     print(f"run directory: {run.dir}")
     print(f"  events:   {run.events_path}")
     print(f"  trainlog: {run.trainlog_path}")

@@ -1,6 +1,13 @@
 """jaxobs: JAX/Flax-first training observability.
 
-The public API lives here; everything else is an implementation detail.
+This module is the public API; the implementation lives in `jaxobs._src`, whose layout and
+names may change in any release. Topic modules: `jaxobs.stats` (pure pytree statistics),
+`jaxobs.health` (rules, the on-device guard), `jaxobs.crash` (crash dumps and forensics),
+`jaxobs.testing` (capturing a run in your own tests), `jaxobs.artifacts` (confusion
+matrices, log destinations), and the tracker bridges in `jaxobs.bridges`.
+
+`observe`, `tap` and `Observed` import JAX; they and the topic modules are loaded on first
+use, so that the run record and the `jaxobs` command start without it.
 
 Example:
     >>> import jaxobs
@@ -9,68 +16,89 @@ Example:
     ...         run.log({"train/loss": 1.0 / (step + 1)}, step=step)
 """
 
-from jaxobs._jsonable import ConfigError, looks_secret, to_config
-from jaxobs.events import EVENT_LEVELS, Event, Level
-from jaxobs.health import Alert, HealthChecker, TrainingHalted
-from jaxobs.log import (
-    SCHEMA_VERSION,
-    Artifact,
-    ConfusionMatrix,
-    Curve,
-    ExperimentLog,
-    LogDestination,
-    MetricHistory,
-    RunInfo,
-    SchemaVersionError,
-    Series,
-    TrainLog,
-    TrainLogError,
-    schema_path,
-)
-from jaxobs.recorder import FlightRecorder
-from jaxobs.run import (
-    Run,
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from jaxobs._src.device.guard import GuardState
+from jaxobs._src.formats.config import ConfigError
+from jaxobs._src.formats.errors import (
     RunDirError,
     RunDirWarning,
-    RunRecord,
-    Terminated,
-    active_run,
-    init,
-    read_run,
+    SchemaVersionError,
+    TrainLogError,
 )
-from jaxobs.sinks import TerminalSink
+from jaxobs._src.formats.events import Event, Level
+from jaxobs._src.formats.experiment import Artifact, Curve, ExperimentLog, MetricHistory, RunInfo
+from jaxobs._src.formats.rundir import RunRecord, read_run
+from jaxobs._src.formats.trainlog import SCHEMA_VERSION, Series, TrainLog, schema_path
+from jaxobs._src.host.alerts import Alert, TrainingHalted
+from jaxobs._src.host.checker import HealthChecker
+from jaxobs._src.host.recorder import FlightRecorder
+from jaxobs._src.host.run import Run, Terminated, active_run, init
+from jaxobs._src.sinks.terminal import TerminalSink
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from jaxobs import artifacts as artifacts
+    from jaxobs import crash as crash
+    from jaxobs import health as health
+    from jaxobs import stats as stats
+    from jaxobs import testing as testing
+    from jaxobs._src.engine.collect import tap
+    from jaxobs._src.engine.observe import Observed, observe
 
-# The engine imports jax; load it on first use so that the data model and the `jaxobs`
-# command start without it.
-_LAZY = {"observe": "jaxobs.engine", "tap": "jaxobs.engine", "Observed": "jaxobs.engine"}
+try:
+    __version__ = importlib.metadata.version("jaxobs")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+    __version__ = "0+unknown"
+
+_LAZY = {
+    "observe": "jaxobs._src.engine.observe",
+    "Observed": "jaxobs._src.engine.observe",
+    "tap": "jaxobs._src.engine.collect",
+}
+_MODULES = ("artifacts", "crash", "health", "stats", "testing")
+# Names that moved out of the headline API: still reachable here, with a warning.
+_MOVED = {"ConfusionMatrix": "jaxobs.artifacts", "LogDestination": "jaxobs.artifacts"}
 
 
-def __getattr__(name: str):
-    import importlib
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value: Any = importlib.import_module(f"jaxobs.{name}")
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _MOVED:
+        warnings.warn(
+            f"jaxobs.{name} moved to {_MOVED[name]}.{name}; import it from there",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    else:
+        raise AttributeError(f"module 'jaxobs' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-    if name in ("stats", "crash"):
-        return importlib.import_module(f"jaxobs.{name}")
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jaxobs' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_MODULES})
 
 
 __all__ = [
-    "EVENT_LEVELS",
     "SCHEMA_VERSION",
     "Alert",
     "Artifact",
     "ConfigError",
-    "ConfusionMatrix",
     "Curve",
     "Event",
     "ExperimentLog",
     "FlightRecorder",
+    "GuardState",
     "HealthChecker",
     "Level",
-    "LogDestination",
     "MetricHistory",
     "Observed",
     "Run",
@@ -85,14 +113,11 @@ __all__ = [
     "TrainLog",
     "TrainLogError",
     "TrainingHalted",
+    "__version__",
     "active_run",
-    "crash",
     "init",
-    "looks_secret",
     "observe",
     "read_run",
     "schema_path",
-    "stats",
     "tap",
-    "to_config",
 ]

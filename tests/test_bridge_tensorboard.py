@@ -25,7 +25,7 @@ import jaxobs
 from jaxobs import cli
 from jaxobs.bridges import tensorboard as tb_bridge
 from jaxobs.bridges.tensorboard import TensorBoardSink
-from jaxobs.run import RunDirWarning
+from jaxobs import RunDirWarning
 
 CONFIG = {
     **tiny_train.DEFAULTS,

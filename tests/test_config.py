@@ -1,4 +1,4 @@
-"""Tests of config conversion (`jaxobs.to_config`) and secret redaction (`jaxobs.looks_secret`).
+"""Tests of config conversion (`to_config`) and secret redaction (`looks_secret`).
 
 Expected values are written out by hand or computed with NumPy / the stdlib; every result of
 `to_config` must also be accepted by the stdlib `json` module.
@@ -17,8 +17,8 @@ import pytest
 from flax import struct
 
 import jaxobs
-from jaxobs import ConfigError, RunInfo, looks_secret, to_config
-from jaxobs._jsonable import redact_env
+from jaxobs import ConfigError, RunInfo
+from jaxobs._src.formats.config import looks_secret, redact_env, to_config
 
 REDACTED = "<redacted>"
 

@@ -99,7 +99,7 @@ def test_torn_last_line_is_skipped_with_a_warning(tmp_path):
     assert 99999 not in record.log.history.curves["step_copy"].steps
     # The CLI reads the crashed run too, warning on stderr.
     out = subprocess.run(
-        [PYTHON, "-m", "jaxobs.cli", "export", str(events.parent), "--format", "json"],
+        [PYTHON, "-m", "jaxobs", "export", str(events.parent), "--format", "json"],
         capture_output=True,
         text=True,
     )

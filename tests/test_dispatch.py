@@ -9,7 +9,8 @@ import pytest
 from helpers import metric_table, read_events
 
 import jaxobs
-from jaxobs.events import Dispatcher, Event, Level
+from jaxobs._src.formats.events import Event, Level
+from jaxobs._src.host.dispatch import Dispatcher
 
 
 class Recorder:

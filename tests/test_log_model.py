@@ -14,17 +14,16 @@ import pytest
 import jaxobs
 from jaxobs import (
     Artifact,
-    ConfusionMatrix,
     Curve,
     ExperimentLog,
-    LogDestination,
     MetricHistory,
     RunInfo,
     Series,
     TrainLog,
     TrainLogError,
 )
-from jaxobs.summary import direction, summarize
+from jaxobs.artifacts import ConfusionMatrix, LogDestination
+from jaxobs._src.analysis.summary import direction, summarize
 
 # ----------------------------------------------------------------------------- Curve
 

@@ -25,7 +25,7 @@ def test_import_jaxobs_imports_no_tracker_or_plotting_package(tmp_path):
                     tried.append(name)
                 return None
         sys.meta_path.insert(0, Spy())
-        import jaxobs, jaxobs.bridges, jaxobs.cli, jaxobs.replay
+        import jaxobs, jaxobs.bridges, jaxobs.cli, jaxobs.crash, jaxobs.health, jaxobs.artifacts
         import jaxobs.bridges.wandb, jaxobs.bridges.tensorboard  # trackers load at use
         loaded = [m for m in sys.modules if m.split(".")[0] in HEAVY]
         print(repr((tried, loaded)))

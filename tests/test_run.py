@@ -212,7 +212,7 @@ def test_no_git_outside_a_repository(tmp_path, monkeypatch):
 
 def test_only_process_zero_writes(tmp_path, monkeypatch):
     """On a process other than 0 the run records nothing and every method still works."""
-    from jaxobs import _env
+    from jaxobs._src.host import environment as _env
 
     monkeypatch.setattr(_env, "jax_state", lambda: {"process_index": 1, "process_count": 2})
     run = jaxobs.init(project="p", dir=tmp_path, terminal=False)
@@ -274,7 +274,7 @@ def test_artifacts_notes_and_config_updates_reach_the_trainlog(tmp_path):
     run.add_note("baseline run")
     run.update_config({"lr": 0.2, "sweep_param": 3})
     assert run.config == {"lr": 0.2, "sweep_param": 3}
-    cm = jaxobs.ConfusionMatrix.from_predictions([0, 1, 1, 2], [0, 1, 2, 2], 3)
+    cm = jaxobs.artifacts.ConfusionMatrix.from_predictions([0, 1, 1, 2], [0, 1, 2, 2], 3)
     run.log_confusion_matrix("val_cm", cm, step=7)
     run.finish()
     data = json.loads(run.trainlog_path.read_text())

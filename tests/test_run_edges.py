@@ -153,7 +153,7 @@ def test_terminal_metrics_survive_concurrent_refresh(tmp_path):
 
     thread = threading.Thread(target=reader)
     thread.start()
-    from jaxobs.events import Event, Level
+    from jaxobs import Event, Level
 
     for i in range(3000):
         sink.latest = sink.latest  # no-op; the sink's own update path follows
@@ -203,7 +203,7 @@ def test_deeply_nested_json_is_one_line_error(tmp_path, capsys):
 def test_confusion_matrix_step_is_validated(tmp_path):
     """A step that is not an integer cannot place a file outside the run directory."""
     run = _init(tmp_path)
-    cm = jaxobs.ConfusionMatrix(["a"], [[1]])
+    cm = jaxobs.artifacts.ConfusionMatrix(["a"], [[1]])
     with pytest.raises(TypeError, match="step"):
         run.log_confusion_matrix("cm", cm, step="x/../../escaped")
     run.finish()

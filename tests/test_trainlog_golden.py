@@ -17,7 +17,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 import jaxobs
-from jaxobs import ConfusionMatrix, ExperimentLog, TrainLog
+from jaxobs import ExperimentLog, TrainLog
+from jaxobs.artifacts import ConfusionMatrix
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "v1"
 BAD = GOLDEN / "bad"

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 import jaxobs
+from jaxobs._src.formats.config import looks_secret
 from jaxobs import Artifact, ExperimentLog, RunInfo, Series, TrainLog
 
 SENTINELS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -62,7 +63,7 @@ values = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
 step_ints = st.integers()
 texts = st.text(max_size=12)
 
-config_keys = st.text(max_size=8).filter(lambda k: not jaxobs.looks_secret(k))
+config_keys = st.text(max_size=8).filter(lambda k: not looks_secret(k))
 json_leaves = (
     st.none()
     | st.booleans()

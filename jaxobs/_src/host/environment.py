@@ -11,9 +11,11 @@ import subprocess
 import sys
 from typing import Any
 
-from jaxobs._jsonable import collect_env
+from jaxobs._src.formats.config import collect_env
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jaxobs")
+
+
 ENV_PREFIXES = (
     "JAX_",
     "XLA_",
@@ -87,3 +89,20 @@ def snapshot(include_jax: bool = True) -> dict[str, Any]:
         "git": git_state(),
         "env": collect_env(ENV_PREFIXES),
     }
+
+
+def versions() -> dict[str, Any]:
+    """Python, platform, jaxobs and the JAX stack's versions, and JAX's backend."""
+    out: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    out.update(package_versions())
+    try:
+        import sys
+
+        if "jax" in sys.modules:
+            import jax
+
+            out["backend"] = jax.default_backend()
+            out["devices"] = [str(d) for d in jax.devices()[:8]]
+    except Exception:
+        pass
+    return out

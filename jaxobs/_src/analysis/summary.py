@@ -6,9 +6,10 @@ import dataclasses
 import math
 import re
 
-from jaxobs.log import TrainLog
+from jaxobs._src.formats.trainlog import TrainLog
 
 __all__ = ["MetricSummary", "direction", "summarize"]
+
 
 _MIN_WORDS = {
     "loss",
@@ -26,6 +27,8 @@ _MIN_WORDS = {
     "latency",
     "regret",
 }
+
+
 _MAX_WORDS = {
     "accuracy",
     "acc",

@@ -19,620 +19,65 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import functools
 import inspect
 import logging
 import pathlib
-import queue
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from jaxobs import health as _health
-from jaxobs import stats as _stats
-from jaxobs.recorder import FlightRecorder
+from jaxobs._src.device.guard import GuardState, guard_init, guard_update
+from jaxobs._src.device.paths import group_by_layer
+from jaxobs._src.device.stats import (
+    ACT_STATS,
+    STATS,
+    check_stats,
+    flatten_stats,
+    global_norm,
+    tree_stats,
+    update_ratio,
+)
+from jaxobs._src.engine.activations import linen_activations, nnx_activations
+from jaxobs._src.engine.collect import Collector, collecting, is_scalar, warn_once
+from jaxobs._src.engine.delivery import Deliverer, under_transformation
+from jaxobs._src.engine.packing import Packed, pack, unpack
+from jaxobs._src.engine.step_shapes import (
+    is_nnx,
+    is_train_state,
+    keep_old_state,
+    metrics_of,
+    nnx_params,
+    params_before_after,
+    pure_dict,
+    state_step,
+)
+from jaxobs._src.host.alerts import Alert, TrainingHalted
+from jaxobs._src.host.checker import HealthChecker
+from jaxobs._src.host.recorder import FlightRecorder
 
-__all__ = ["Observed", "observe", "tap"]
+__all__ = ["Observed", "observe"]
+
 
 logger = logging.getLogger("jaxobs")
+
 
 WATCH = ("params", "updates", "grads", "metrics", "acts", "taps")
 
 
-# ----------------------------------------------------------------------------- collection
-
-
-@dataclasses.dataclass
-class _Collector:
-    """What one trace of an observed step gathers: reduced statistics by key."""
-
-    stats: tuple[str, ...]
-    per: str
-    act_stats: tuple[str, ...]
-    active: Any  # traced bool: compute statistics at this step (every=N)
-    watch: frozenset = frozenset(("grads", "taps", "acts"))
-    scalars: set = dataclasses.field(default_factory=set)  # delivered at every step
-    values: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
-    track_alive: bool = False  # per-unit "was active" masks for the dead-unit window
-    alive: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
-    raw: dict[str, Any] = dataclasses.field(default_factory=dict)  # tapped trees (the guard)
-    hist_bins: int = 0  # histograms of watched trees (0: none) ...
-    hist_active: Any = False  # ... at this step (traced bool)
-    hists: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
-
-    def add(self, key: str, value: Any) -> None:
-        self.values.setdefault(key, value)  # the first value of a key wins (e.g. train fwd)
-
-    def gated(
-        self, compute: Callable[[], dict[str, jax.Array]], active: Any = None
-    ) -> dict[str, jax.Array]:
-        """``compute()`` at active steps (``active``, default: the statistics steps), zeros
-        otherwise, without paying for it."""
-        active = self.active if active is None else active
-        if active is True:
-            return compute()
-        shapes = jax.eval_shape(compute)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return lax.cond(active, compute, lambda: zeros)
-
-    def add_histograms(self, tree: Any, prefix: str) -> None:
-        """Histograms of ``tree``'s leaves, computed only at histogram steps."""
-        if not self.hist_bins:
-            return
-
-        values = self.gated(
-            lambda: _stats.tree_histograms(tree, self.hist_bins, prefix=prefix), self.hist_active
-        )
-        for key, value in values.items():
-            self.hists.setdefault(key, value)
-
-
-_state = threading.local()
-
-
-def _current() -> _Collector | None:
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else None
-
-
-@contextlib.contextmanager
-def _collecting(collector: _Collector):
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(collector)
-    try:
-        yield collector
-    finally:
-        stack.pop()
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (int, float)) or (hasattr(value, "shape") and value.shape == ())
-
-
-def tap(**named: Any) -> None:
-    """Record values for observation inside an observed step.
-
-    Trees (gradients, parameters, anything) are reduced to statistics where they are tapped,
-    with keys ``<name>/<path>/<stat>`` (``grads/Dense_0/kernel/norm``); scalars are kept as
-    they are, under their own name (``jaxobs.tap(lr=lr)`` records ``lr``).
-
-    Example:
-      >>> @jaxobs.observe
-      ... def train_step(state, batch):
-      ...     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-      ...     jaxobs.tap(grads=grads, loss=loss)
-      ...     return state.apply_gradients(grads=grads), {"loss": loss}
-
-    Outside an observed step `tap` does nothing (and says so once).
-    """
-    collector = _current()
-    if collector is None:
-        _warn_once(
-            "tap-outside",
-            "jaxobs.tap() outside a step decorated with @jaxobs.observe records nothing",
-        )
-        return
-    for name, value in named.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"tap names must be non-empty strings, got {name!r}")
-        # The health guard reads tapped gradients and scalars whatever is watched.
-        collector.raw.setdefault(name, value if _is_scalar(value) else _pure(value))
-        if ("grads" if name == "grads" else "taps") not in collector.watch:
-            continue
-        if _is_scalar(value):
-            collector.add(name, jnp.asarray(value, jnp.float32))
-            collector.scalars.add(name)
-        else:
-            value = _pure(value)  # an nnx.State: paths like its parameters' (no "/value")
-            if name == "grads":
-                collector.add_histograms(value, name)
-            reduced = collector.gated(
-                lambda v=value, n=name: _stats.tree_stats(
-                    v, collector.stats, per=collector.per, prefix=n
-                )
-            )
-            for key, v in reduced.items():
-                collector.add(key, v)
-
-
-# ----------------------------------------------------------------------------- activations
-
-
-_DIFF_TRACERS = ("JVPTracer", "LinearizeTracer")
-
-
-def _probe(x: Any, path: str) -> Any:
-    """Record activation statistics of ``x`` under ``acts/<path>/`` and return ``x`` unchanged.
-
-    Inside a differentiated function (the forward pass under ``jax.value_and_grad``), the
-    statistics are computed in the forward rule of an identity ``custom_vjp``, where the
-    values are those of the enclosing jit, so they can leave the gradient transformation as
-    extra outputs. The full activation never leaves the device.
-    """
-    collector = _current()
-    if collector is None or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
-        return x
-    if not x.ndim:
-        return x
-    key = f"acts/{path}"
-    if any(k.startswith(key + "/") for k in collector.values):
-        return x
-
-    def record(v):
-        def compute():
-            out = _stats.activation_stats(v, collector.act_stats)
-            if collector.track_alive:
-                batch_axes = tuple(range(v.ndim - 1))
-                out["__alive__"] = jnp.any(v > 0, axis=batch_axes)
-            return out
-
-        out = collector.gated(compute)
-        alive = out.pop("__alive__", None)
-        if alive is not None:
-            collector.alive.setdefault(path, alive)
-        for stat, value in out.items():
-            collector.add(f"{key}/{stat}", value)
-
-    if type(x).__name__ not in _DIFF_TRACERS:
-        record(x)
-        return x
-
-    @jax.custom_vjp
-    def ident(v):
-        return v
-
-    def fwd(v):
-        record(v)
-        return v, None
-
-    def bwd(_, g):
-        return (g,)
-
-    ident.defvjp(fwd, bwd)
-    return ident(x)
-
-
-_LINEN_TYPES: tuple[type, ...] | None = None
-
-
-def _linen_types() -> tuple[type, ...]:
-    global _LINEN_TYPES
-    if _LINEN_TYPES is None:
-        import flax.linen as nn
-
-        names = (
-            "Dense",
-            "DenseGeneral",
-            "Conv",
-            "ConvTranspose",
-            "ConvLocal",
-            "LayerNorm",
-            "BatchNorm",
-            "GroupNorm",
-            "RMSNorm",
-            "Embed",
-            "MultiHeadDotProductAttention",
-            "MultiHeadAttention",
-            "SelfAttention",
-        )
-        _LINEN_TYPES = tuple(getattr(nn, n) for n in names if hasattr(nn, n))
-    return _LINEN_TYPES
-
-
-def _linen_interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    module = context.module
-    if context.method_name == "__call__" and isinstance(module, _linen_types()):
-        path = "/".join(str(p) for p in module.path) or type(module).__name__
-        out = (
-            jax.tree.map(lambda o: _probe(o, path), out)
-            if isinstance(out, tuple)
-            else _probe(out, path)
-        )
-    return out
-
-
-@contextlib.contextmanager
-def _linen_activations():
-    try:
-        import flax.linen as nn
-    except ImportError:  # no flax: nothing to intercept
-        yield
-        return
-    with nn.intercept_methods(_linen_interceptor):
-        yield
-
-
-_NNX_SUBCLASSES: dict[type, type] = {}
-_NNX_NAMES = (
-    "Linear",
-    "LinearGeneral",
-    "Conv",
-    "ConvTranspose",
-    "LayerNorm",
-    "BatchNorm",
-    "GroupNorm",
-    "RMSNorm",
-    "Embed",
-    "MultiHeadAttention",
-    "Einsum",
-)
-
-
-def _nnx_observed_class(cls: type) -> type:
-    """A subclass of ``cls`` whose ``__call__`` records its output (cached per class)."""
-    sub = _NNX_SUBCLASSES.get(cls)
-    if sub is None:
-
-        def __call__(self, *args, **kwargs):
-            out = cls.__call__(self, *args, **kwargs)
-            path = getattr(self, "_jaxobs_path", None) or cls.__name__
-            return _probe(out, path)
-
-        sub = type(
-            cls.__name__,
-            (cls,),
-            {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
-        _NNX_SUBCLASSES[cls] = sub
-    return sub
-
-
-@contextlib.contextmanager
-def _nnx_activations(roots: Sequence[Any]):
-    """Swap the class of each known NNX layer *instance* in ``roots`` for an observing
-    subclass while the step is traced; other instances and other models are untouched."""
-    from flax import nnx
-
-    known = tuple(getattr(nnx, n) for n in _NNX_NAMES if hasattr(nnx, n))
-    swapped: list[tuple[Any, type]] = []
-    try:
-        for root in roots:
-            for path, module in (
-                nnx.iter_modules(root) if hasattr(nnx, "iter_modules") else (root.iter_modules())
-            ):
-                cls = type(module)
-                if isinstance(module, known) and cls not in _NNX_SUBCLASSES.values():
-                    object.__setattr__(module, "_jaxobs_path", "/".join(str(p) for p in path))
-                    # object.__setattr__: nnx's own __setattr__ would record "__class__" as
-                    # a graph node and change the model's graphdef (a recompile).
-                    object.__setattr__(module, "__class__", _nnx_observed_class(cls))
-                    swapped.append((module, cls))
-        yield
-    finally:
-        for module, cls in swapped:
-            object.__setattr__(module, "__class__", cls)
-            with contextlib.suppress(AttributeError):
-                object.__delattr__(module, "_jaxobs_path")
-
-
-# ----------------------------------------------------------------------------- step shapes
-
-
-def _is_nnx(value: Any) -> bool:
-    """An NNX graph object: a Module, an Optimizer (an ``nnx.Pytree`` in flax 0.12), ..."""
-    try:
-        from flax import nnx
-    except ImportError:
-        return False
-    kinds = tuple(getattr(nnx, n) for n in ("Module", "Object", "Pytree") if hasattr(nnx, n))
-    return isinstance(value, kinds)
-
-
-def _is_train_state(value: Any) -> bool:
-    return all(hasattr(value, a) for a in ("params", "step", "apply_fn", "opt_state"))
-
-
-def _nnx_params(args: Sequence[Any]) -> tuple[Any, Any]:
-    """(model, nnx.State of its Params) of the first NNX model among args (not optimizers)."""
-    from flax import nnx
-
-    for a in args:
-        if isinstance(a, nnx.Module) and not isinstance(a, getattr(nnx, "Optimizer", ())):
-            return a, nnx.state(a, nnx.Param)
-    return None, None
-
-
-def _pure(tree: Any) -> Any:
-    """An nnx.State (or any pytree) as a plain nested dict of arrays, for stable paths."""
-    if not callable(getattr(tree, "to_pure_dict", None)):
-        return tree
-    from flax import nnx
-
-    return nnx.to_pure_dict(tree) if hasattr(nnx, "to_pure_dict") else tree.to_pure_dict()
-
-
-def _metrics_of(out: Any) -> Mapping[str, Any] | None:
-    """The metrics dict of a step's outputs: the output itself, or the last dict in a tuple."""
-    if isinstance(out, Mapping):
-        return out
-    if isinstance(out, tuple):
-        for item in reversed(out):
-            if isinstance(item, Mapping):
-                return item
-    return None
-
-
-def _device_step(args: Sequence[Any]) -> Any:
-    """The step counter carried by the state (TrainState.step, nnx.Optimizer.step), or None."""
-    if args and _is_train_state(args[0]):
-        return args[0].step
-    for a in args:
-        step = getattr(a, "step", None)
-        if step is not None and _is_nnx(a):
-            return step.get_value() if hasattr(step, "get_value") else step
-    return None
-
-
-def _params_before_after(args: tuple, out: Any, nnx_model: Any, params_before: Any) -> tuple:
-    """The parameters before and after the step, for the step shapes `observe` knows."""
-    if nnx_model is not None:
-        from flax import nnx
-
-        return params_before, _pure(nnx.state(nnx_model, nnx.Param))
-    if args and _is_train_state(args[0]):
-        new_state = out[0] if isinstance(out, tuple) and out else out
-        if _is_train_state(new_state):
-            return args[0].params, new_state.params
-    elif isinstance(out, tuple) and out and args:
-        same = jax.tree.structure(out[0]) == jax.tree.structure(args[0])
-        if same and jax.tree.leaves(args[0]):
-            return args[0], out[0]  # a plain (params, opt_state, ...) step
-    return None, None
-
-
-def _keep_old_state(skip: Any, args: tuple, out: Any, nnx_before: list) -> Any:
-    """The step's outputs, with the state it updated left as it was where ``skip``.
-
-    The step counter (``TrainState.step``, ``nnx.Optimizer.step``) still advances, so a
-    skipped step keeps its number. Selection is a `lax.cond` on the device.
-    """
-    if nnx_before:
-        from flax import nnx
-
-        for obj, old in nnx_before:
-            step = getattr(obj, "step", None)
-            step_value = step.get_value() if hasattr(step, "get_value") else None
-            new = _pure(nnx.state(obj))
-            nnx.update(obj, lax.cond(skip, lambda o=old: o, lambda n=new: n))
-            if step_value is not None:
-                step.set_value(step_value)
-        return out
-    if args and _is_train_state(args[0]):
-        new_state = out[0] if isinstance(out, tuple) and out else out
-        if _is_train_state(new_state):
-            kept = lax.cond(skip, lambda: args[0].replace(step=new_state.step), lambda: new_state)
-            return (kept, *out[1:]) if isinstance(out, tuple) else kept
-    elif isinstance(out, tuple) and len(out) >= 2 and len(args) >= 2:
-        old, new = (args[0], args[1]), (out[0], out[1])
-        if jax.tree.structure(old) == jax.tree.structure(new):
-            kept = lax.cond(skip, lambda: old, lambda: new)
-            return (*kept, *out[2:])
-    raise ValueError(
-        "HealthChecker(action=...) skips bad steps by keeping the old state, but this step's "
-        "shape is not one jaxobs knows: use a flax TrainState step (state, batch) -> (state, "
-        "metrics), an NNX step (model, optimizer, batch) -> metrics, or an optax step "
-        "(params, opt_state, batch) -> (params, opt_state, metrics); or action='warn'"
-    )
-
-
-def _health_checker(health: Any) -> _health.HealthChecker | None:
+def _health_checker(health: Any) -> HealthChecker | None:
     if health is None or health is False:
         return None
     if health is True:
-        return _health.HealthChecker()
-    if isinstance(health, _health.HealthChecker):
+        return HealthChecker()
+    if isinstance(health, HealthChecker):
         return health
     raise TypeError(f"observe(health=...) takes a jaxobs.HealthChecker or True, got {health!r}")
-
-
-# ----------------------------------------------------------------------------- packing
-
-
-@jax.tree_util.register_pytree_node_class
-class _Packed:
-    """One step's statistics: a float32 vector and the step, and the histograms as a second
-    vector; the keys ride along as static data, so they come back with the jit's outputs."""
-
-    def __init__(
-        self,
-        step,
-        valid,
-        vector,
-        hvalid,
-        hvector,
-        keys: tuple[str, ...],
-        n_always: int = 0,
-        hnames: tuple[str, ...] = (),
-    ):
-        self.step, self.valid, self.vector = step, valid, vector
-        self.hvalid, self.hvector = hvalid, hvector
-        self.keys, self.n_always, self.hnames = keys, n_always, hnames
-
-    @property
-    def arrays(self) -> tuple:
-        return (self.step, self.valid, self.vector, self.hvalid, self.hvector)
-
-    def tree_flatten(self):
-        return self.arrays, (self.keys, self.n_always, self.hnames)
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        return cls(*children, *aux)
-
-
-def _pack(
-    step: Any,
-    valid: Any,
-    values: Mapping[str, Any],
-    always: Iterable[str] = (),
-    hists: Mapping[str, Any] | None = None,
-    hvalid: Any = False,
-) -> _Packed:
-    """Pack values into one vector; the ``always`` keys come first and are delivered at every
-    step, the others (statistics) only where ``valid`` (every=N). Histogram vectors are
-    concatenated into a second vector, delivered where ``hvalid``."""
-    always = set(always)
-    first = [k for k in values if k in always]
-    keys = (*first, *(k for k in values if k not in always))
-    vector = (
-        jnp.stack([jnp.asarray(values[k], jnp.float32).reshape(()) for k in keys])
-        if keys
-        else jnp.zeros((0,), jnp.float32)
-    )
-    hists = dict(hists or {})
-    hvector = (
-        jnp.concatenate([jnp.asarray(v, jnp.float32) for v in hists.values()])
-        if hists
-        else jnp.zeros((0,), jnp.float32)
-    )
-    return _Packed(
-        jnp.asarray(step, jnp.int32),
-        jnp.asarray(valid),
-        vector,
-        jnp.asarray(hvalid),
-        hvector,
-        keys,
-        len(first),
-        tuple(hists),
-    )
-
-
-def _unpack(
-    step: Any,
-    valid: Any,
-    vector: Any,
-    hvalid: Any,
-    hvector: Any,
-    keys: Sequence[str],
-    n_always: int,
-    hnames: Sequence[str] = (),
-) -> tuple[int, dict[str, float], dict[str, Any]]:
-    """(step, values to log, histograms to log): every value at a valid step, else the
-    always-delivered ones; the histograms at a histogram step."""
-    vector = np.asarray(vector)
-    count = len(keys) if bool(valid) else n_always
-    values = {k: float(v) for k, v in zip(keys[:count], vector[:count], strict=True)}
-    hists: dict[str, Any] = {}
-    if hnames and bool(hvalid):
-        for name, part in zip(hnames, np.split(np.asarray(hvector), len(hnames)), strict=True):
-            record = _stats.histogram_record(part)
-            if record is not None:  # a leaf without finite values has no histogram
-                hists[name] = record
-    return int(step), values, hists
-
-
-# ----------------------------------------------------------------------------- host side
-
-
-class _Deliverer:
-    """A background thread that fetches each step's packed statistics and logs them."""
-
-    def __init__(self, observed: Observed):
-        self._observed = observed
-        self._queue: queue.Queue = queue.Queue(maxsize=256)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._progress = threading.Condition()
-        self._submitted = 0  # step records queued ...
-        self._done = 0  # ... and delivered
-
-    def submit(self, packed: _Packed | Callable[[], Any]) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._work, name="jaxobs-observe", daemon=True
-                )
-                self._thread.start()
-        if not callable(packed):
-            with self._progress:
-                self._submitted += 1
-        self._queue.put(packed)  # blocks only if the host falls 256 steps behind
-
-    def wait(self, lag: int) -> None:
-        """Wait until at most ``lag`` step records are still to be delivered (the health
-        actions act within a step: the device keeps the step already queued)."""
-        with self._progress:
-            while self._submitted - self._done > lag and self._thread.is_alive():
-                self._progress.wait(1.0)
-
-    def flush(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.join()
-
-    def _work(self) -> None:
-        while True:
-            packed = self._queue.get()
-            try:
-                if callable(packed):  # a task in step order (a snapshot to keep)
-                    packed()
-                    continue
-                arrays = jax.device_get(packed.arrays)
-                self._observed._deliver(
-                    *_unpack(*arrays, packed.keys, packed.n_always, packed.hnames)
-                )
-            except Exception as e:  # never let the thread die: report and go on
-                logger.warning("jaxobs: could not deliver statistics: %s: %s", type(e).__name__, e)
-            finally:
-                if not callable(packed):
-                    with self._progress:
-                        self._done += 1
-                        self._progress.notify_all()
-                self._queue.task_done()
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning("jaxobs: %s", message)
-
-
-# ----------------------------------------------------------------------------- observe
-
-
-def _under_transformation(args: tuple, kwargs: dict) -> bool:
-    """Whether the step is being traced by someone else (jit, grad, vmap on top of observe).
-
-    Asks JAX's trace state (constant time) rather than walking every argument leaf at every
-    step; falls back to the walk if that private function is not there.
-    """
-    try:
-        from jax._src.core import trace_state_clean
-    except ImportError:  # pragma: no cover - other JAX versions
-        return any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves((args, kwargs)))
-    return not trace_state_clean()
 
 
 class Observed:
@@ -645,10 +90,10 @@ class Observed:
         run=None,
         every: int = 1,
         watch: Iterable[str] = WATCH,
-        stats: Iterable[str] = _stats.STATS,
+        stats: Iterable[str] = STATS,
         per: str = "leaf",
         activations: bool = False,
-        act_stats: Iterable[str] = _stats.ACT_STATS,
+        act_stats: Iterable[str] = ACT_STATS,
         metrics_prefix: str = "train",
         health: Any = None,
         recorder: int | None = 256,
@@ -685,10 +130,10 @@ class Observed:
         self.histograms = histograms
         self.histogram_bins = histogram_bins
         self.watch = frozenset(watch)
-        self.stats = _stats._check_stats(stats)
+        self.stats = check_stats(stats)
         self.per = per
         self.activations = activations
-        self.act_stats = _stats._check_stats(act_stats, _stats.ACT_STATS)
+        self.act_stats = check_stats(act_stats, ACT_STATS)
         self.metrics_prefix = metrics_prefix
         self._jit_kwargs = dict(jit_kwargs)
         self._use_jit = jit
@@ -697,7 +142,7 @@ class Observed:
         self._step_on_host = False  # callbacks without a device step: numbered on arrival
         self._callback_step = 0
         self._uses_callbacks = False
-        self._deliverer = _Deliverer(self)
+        self._deliverer = Deliverer(self._deliver)
         self._runs_hooked: weakref.WeakSet = weakref.WeakSet()  # ids can be reused; runs not
         self.health = _health_checker(health)
         if recorder is not None and (
@@ -718,14 +163,14 @@ class Observed:
 
     # -- the traced body
 
-    def _body(self, step: Any, guard: Any, args: tuple, kwargs: dict) -> tuple[Any, _Packed, Any]:
-        device_step = _device_step(args)
+    def _body(self, step: Any, guard: Any, args: tuple, kwargs: dict) -> tuple[Any, Packed, Any]:
+        device_step = state_step(args)
         step = device_step if device_step is not None else step
         if self.every == 1 or (device_step is None and self._step_on_host):
             active = True  # (numbered on the host: `every` is applied there)
         else:
             active = jnp.asarray(step) % self.every == 0
-        collector = _Collector(self.stats, self.per, self.act_stats, active, watch=self.watch)
+        collector = Collector(self.stats, self.per, self.act_stats, active, watch=self.watch)
         if self.histograms:
             collector.hist_bins = self.histogram_bins
             if self.histograms == 1 or (device_step is None and self._step_on_host):
@@ -735,24 +180,24 @@ class Observed:
         collector.track_alive = self.health is not None and self.activations
         nnx_model, params_before = (None, None)
         nnx_before: list[tuple[Any, Any]] = []
-        if any(_is_nnx(a) for a in args):
-            nnx_model, params_before = _nnx_params(args)
-            params_before = _pure(params_before)
+        if any(is_nnx(a) for a in args):
+            nnx_model, params_before = nnx_params(args)
+            params_before = pure_dict(params_before)
             if self.health is not None and self.health.skips_on_device:
                 from flax import nnx
 
                 # Pure dicts of the (immutable) arrays: the step mutates the Variables.
-                nnx_before = [(a, _pure(nnx.state(a))) for a in args if _is_nnx(a)]
+                nnx_before = [(a, pure_dict(nnx.state(a))) for a in args if is_nnx(a)]
         acts = contextlib.nullcontext()
         if self.activations and "acts" in self.watch:
             acts = (
-                _nnx_activations([a for a in args if _is_nnx(a)])
+                nnx_activations([a for a in args if is_nnx(a)])
                 if nnx_model is not None
-                else _linen_activations()
+                else linen_activations()
             )
-        with _collecting(collector), acts:
+        with collecting(collector), acts:
             out = self.fn(*args, **kwargs)
-        before, after = _params_before_after(args, out, nnx_model, params_before)
+        before, after = params_before_after(args, out, nnx_model, params_before)
         health_values: dict[str, Any] = {}
         if self.health is not None:
             self._alive_shapes = {k: v.shape for k, v in collector.alive.items()}
@@ -760,12 +205,12 @@ class Observed:
                 guard, collector, args, out, before, after, nnx_before
             )
             if self.health.skips_on_device:  # statistics describe the state returned
-                before, after = _params_before_after(args, out, nnx_model, params_before)
+                before, after = params_before_after(args, out, nnx_model, params_before)
         values, metrics = self._auto_stats(collector, out, before, after)
         values.update(collector.values)
         values.update(health_values)
         always = metrics | collector.scalars | set(health_values)
-        packed = _pack(
+        packed = pack(
             step, active, values, always, hists=collector.hists, hvalid=collector.hist_active
         )
         return out, packed, guard
@@ -773,7 +218,7 @@ class Observed:
     def _guard(
         self,
         state: Any,
-        collector: _Collector,
+        collector: Collector,
         args: tuple,
         out: Any,
         before: Any,
@@ -782,18 +227,18 @@ class Observed:
     ) -> tuple[Any, Any, dict[str, Any]]:
         """The on-device guard: judge the step, skip its update if asked, carry the state."""
         checker = self.health
-        metrics = _metrics_of(out) or {}
+        metrics = metrics_of(out) or {}
         loss = metrics.get(checker.loss_key, collector.raw.get(checker.loss_key))
-        if loss is not None and not _is_scalar(loss):
+        if loss is not None and not is_scalar(loss):
             raise ValueError(
                 f"HealthChecker(loss_key={checker.loss_key!r}): the step's "
                 f"{checker.loss_key!r} is not a scalar (shape {jnp.shape(loss)})"
             )
         grads = collector.raw.get("grads")
-        if grads is not None and not _is_scalar(grads):
-            norm, norm_name = _stats.global_norm(grads), "grad_norm"
+        if grads is not None and not is_scalar(grads):
+            norm, norm_name = global_norm(grads), "grad_norm"
         elif after is not None:
-            norm = _stats.global_norm(jax.tree.map(lambda a, b: a - b, after, before))
+            norm = global_norm(jax.tree.map(lambda a, b: a - b, after, before))
             norm_name = "update_norm"
         else:
             norm, norm_name = None, "grad_norm"
@@ -803,8 +248,8 @@ class Observed:
             finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
         stateless = state is None  # callbacks transport: nothing is carried between steps
         if stateless:
-            state = _health.guard_init(checker, collector.alive)
-        bad, new_state, values = _health.guard_update(
+            state = guard_init(checker, collector.alive)
+        bad, new_state, values = guard_update(
             checker,
             state,
             loss=loss,
@@ -815,12 +260,12 @@ class Observed:
             norm_name=norm_name,
         )
         if checker.skips_on_device:
-            out = _keep_old_state(bad, args, out, nnx_before)
+            out = keep_old_state(bad, args, out, nnx_before)
             values["health/skipped"] = bad.astype(jnp.float32)
         return out, (None if stateless else new_state), values
 
     def _auto_stats(
-        self, collector: _Collector, out: Any, before: Any, after: Any
+        self, collector: Collector, out: Any, before: Any, after: Any
     ) -> tuple[dict[str, Any], set[str]]:
         values: dict[str, Any] = {}
         if after is not None and ("params" in self.watch or "updates" in self.watch):
@@ -828,14 +273,10 @@ class Observed:
             def compute():
                 out_stats = {}
                 if "params" in self.watch:
-                    out_stats.update(
-                        _stats.tree_stats(after, self.stats, per=self.per, prefix="params")
-                    )
+                    out_stats.update(tree_stats(after, self.stats, per=self.per, prefix="params"))
                 if "updates" in self.watch:
                     updates = jax.tree.map(lambda a, b: a - b, after, before)
-                    upd_stats = _stats.tree_stats(
-                        updates, self.stats, per=self.per, prefix="updates"
-                    )
+                    upd_stats = tree_stats(updates, self.stats, per=self.per, prefix="updates")
                     out_stats.update(upd_stats)
                     out_stats.update(self._update_ratio(upd_stats, out_stats, updates, after))
                 return out_stats
@@ -845,11 +286,11 @@ class Observed:
                 collector.add_histograms(after, "params")
             if "updates" in self.watch:
                 collector.add_histograms(jax.tree.map(lambda a, b: a - b, after, before), "updates")
-        metrics = _metrics_of(out)
+        metrics = metrics_of(out)
         metric_keys: set[str] = set()
         if metrics is not None and "metrics" in self.watch:
-            for key, value in _stats.flatten_stats(metrics).items():
-                if _is_scalar(value) and jnp.issubdtype(jnp.asarray(value).dtype, jnp.number):
+            for key, value in flatten_stats(metrics).items():
+                if is_scalar(value) and jnp.issubdtype(jnp.asarray(value).dtype, jnp.number):
                     name = f"{self.metrics_prefix}/{key}" if self.metrics_prefix else key
                     values[name] = jnp.asarray(value, jnp.float32)
                     metric_keys.add(name)
@@ -859,13 +300,13 @@ class Observed:
         """``updates/<layer>/update_ratio`` = ||new - old|| / ||new|| per layer, from the
         per-leaf norms already computed when there are any (no second pass over the trees)."""
         if "norm" not in self.stats or self.per != "leaf" or "params" not in self.watch:
-            return _stats.update_ratio(updates, after, prefix="updates")
+            return update_ratio(updates, after, prefix="updates")
         sq_u: dict[str, Any] = {}
         sq_p: dict[str, Any] = {}
         for key, value in upd.items():
             if key.endswith("/norm"):
                 path = key[len("updates/") : -len("/norm")]
-                layer = _stats.group_by_layer(path)
+                layer = group_by_layer(path)
                 p = params[f"params/{path}/norm"]
                 sq_u[layer] = sq_u.get(layer, 0.0) + value * value
                 sq_p[layer] = sq_p.get(layer, 0.0) + p * p
@@ -897,7 +338,7 @@ class Observed:
 
     def _get_jitted(self, args: tuple) -> Callable:
         if self._jitted is None:
-            if any(_is_nnx(a) for a in args):
+            if any(is_nnx(a) for a in args):
                 from flax import nnx
 
                 self._jitted = nnx.jit(self._traced_fn(), **self._shift(self._jit_kwargs))
@@ -916,7 +357,7 @@ class Observed:
         return out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        traced = _under_transformation(args, kwargs)
+        traced = under_transformation(args, kwargs)
         if traced or not self._use_jit:
             return self._call_with_callback(args, kwargs)
         if self.health is not None and self.health.skips_on_device:
@@ -931,7 +372,7 @@ class Observed:
         except jax.errors.UnexpectedTracerError:
             if not self.activations:
                 raise
-            _warn_once(
+            warn_once(
                 "acts-leak",
                 "activation statistics could not leave a nested "
                 "transformation (scan/remat/vmap) in this step; they are turned off",
@@ -954,7 +395,7 @@ class Observed:
         self._uses_callbacks = True
         self._hook_run()  # at trace time: the run to flush before it ends
         if self.health is not None:
-            _warn_once(
+            warn_once(
                 "guard-stateless",
                 "observe is traced by an outer jit, so the health guard cannot carry its "
                 "window between steps: only non-finite steps are detected (and skipped) on "
@@ -962,7 +403,7 @@ class Observed:
             )
         # Without a step in the state, a host counter read here would be a constant of the
         # trace: the step is then given on arrival, by ordered callbacks.
-        self._step_on_host = _device_step(args) is None
+        self._step_on_host = state_step(args) is None
         out, packed, _ = self._body(jnp.int32(-1), None, args, kwargs)
         keys, n_always, hnames = packed.keys, packed.n_always, packed.hnames
 
@@ -973,7 +414,7 @@ class Observed:
                 s, self._callback_step = self._callback_step, self._callback_step + 1
                 valid = s % self.every == 0
                 hvalid = bool(self.histograms) and s % self.histograms == 0
-            self._deliver(*_unpack(s, valid, vector, hvalid, hvector, keys, n_always, hnames))
+            self._deliver(*unpack(s, valid, vector, hvalid, hvector, keys, n_always, hnames))
 
         io_callback(receive, None, *packed.arrays, ordered=self._step_on_host)
         return out
@@ -981,14 +422,14 @@ class Observed:
     # -- the guard's state, halting, rolling back
 
     @property
-    def guard_state(self) -> _health.GuardState | None:
+    def guard_state(self) -> GuardState | None:
         """The health guard's device state (save it with your checkpoints; None before the
         first step or without a `HealthChecker`)."""
         return self._guard_state
 
     @guard_state.setter
-    def guard_state(self, state: _health.GuardState | None) -> None:
-        if state is not None and not isinstance(state, _health.GuardState):
+    def guard_state(self, state: GuardState | None) -> None:
+        if state is not None and not isinstance(state, GuardState):
             raise TypeError(f"guard_state must be a jaxobs.health.GuardState, got {state!r}")
         self._guard_state = state
 
@@ -999,19 +440,19 @@ class Observed:
             alive: dict[str, Any] = {}
             if self.activations and "acts" in self.watch:
                 # One abstract trace finds the layers whose units the guard will track.
-                probe = _health.guard_init(self.health)
+                probe = guard_init(self.health)
 
                 def trace(*a, **k):
                     self._body(jnp.int32(step), probe, a, k)
 
-                if any(_is_nnx(a) for a in args):
+                if any(is_nnx(a) for a in args):
                     from flax import nnx
 
                     nnx.eval_shape(trace, *args, **kwargs)
                 else:
                     jax.eval_shape(lambda: trace(*args, **kwargs))
                 alive = {k: jax.ShapeDtypeStruct(v, bool) for k, v in self._alive_shapes.items()}
-            self._guard_state = _health.guard_init(self.health, alive)
+            self._guard_state = guard_init(self.health, alive)
         return self._guard_state
 
     def _raise_if_halted(self) -> None:
@@ -1020,15 +461,15 @@ class Observed:
             return
         with self._dump_lock:  # the dump for the halting alert is written under this lock
             self._halt_raised = True
-            raise _health.TrainingHalted(checker.halt, self.dumps[-1] if self.dumps else None)
+            raise TrainingHalted(checker.halt, self.dumps[-1] if self.dumps else None)
 
     def _state_tree(self, args: tuple, out: Any) -> Any:
         """The training state after a step: what a snapshot keeps."""
-        if any(_is_nnx(a) for a in args):
+        if any(is_nnx(a) for a in args):
             from flax import nnx
 
-            return [_pure(nnx.state(a)) for a in args if _is_nnx(a)]
-        if args and _is_train_state(args[0]):
+            return [pure_dict(nnx.state(a)) for a in args if is_nnx(a)]
+        if args and is_train_state(args[0]):
             return out[0] if isinstance(out, tuple) else out
         return (out[0], out[1])
 
@@ -1075,16 +516,16 @@ class Observed:
                 for h, s in zip(host, shardings, strict=True)
             ],
         )
-        if any(_is_nnx(a) for a in args):
+        if any(is_nnx(a) for a in args):
             from flax import nnx
 
-            for obj, state in zip([a for a in args if _is_nnx(a)], restored, strict=True):
+            for obj, state in zip([a for a in args if is_nnx(a)], restored, strict=True):
                 counter = getattr(obj, "step", None)
                 value = counter.get_value() if hasattr(counter, "get_value") else None
                 nnx.update(obj, state)
                 if value is not None:
                     counter.set_value(value)
-        elif args and _is_train_state(args[0]):
+        elif args and is_train_state(args[0]):
             args = (restored.replace(step=args[0].step), *args[1:])
         else:
             args = (*restored, *args[2:])
@@ -1111,7 +552,7 @@ class Observed:
     def _target_run(self):
         if self.run is not None:
             return self.run
-        from jaxobs.run import active_run
+        from jaxobs._src.host.run import active_run
 
         return active_run()
 
@@ -1131,7 +572,7 @@ class Observed:
             return
         run = self._target_run()
         if run is None:
-            _warn_once(
+            warn_once(
                 "no-run",
                 "@jaxobs.observe has no run to feed: call jaxobs.init() first "
                 "or pass run=...; statistics are dropped",
@@ -1171,7 +612,7 @@ class Observed:
                 )
 
     @staticmethod
-    def _emit_alerts(run, alerts: Iterable[_health.Alert]) -> None:
+    def _emit_alerts(run, alerts: Iterable[Alert]) -> None:
         for alert in alerts:
             record = alert.to_json()
             del record["step"]
@@ -1181,7 +622,7 @@ class Observed:
         """The run is ending badly (exception, SIGTERM, Ctrl-C): dump the recorder."""
         if status == "finished" or self.recorder is None or not len(self.recorder):
             return
-        if isinstance(error, _health.TrainingHalted) and self.dumps:
+        if isinstance(error, TrainingHalted) and self.dumps:
             return  # dumped when the alert came
         kind = {"terminated": "sigterm", "interrupted": "interrupt"}.get(status, "exception")
         steps, _, _ = self.recorder.snapshot()
@@ -1230,13 +671,13 @@ class Observed:
         plot = None
         if checker is None or checker.plot:
             try:
-                from jaxobs.crash import load_dump
-                from jaxobs.crash import plot as plot_dump
+                from jaxobs._src.analysis.crash_plot import plot as plot_dump
+                from jaxobs._src.formats.crash_dump import load_dump
 
                 plot = plot_dump(load_dump(path))
                 run.add_artifact(f"crash-{step}-plot", plot, kind="image")
             except ImportError as e:
-                _warn_once("no-mpl", f"no failure-signature plot ({e}): pip install matplotlib")
+                warn_once("no-mpl", f"no failure-signature plot ({e}): pip install matplotlib")
             except Exception as e:
                 logger.warning("jaxobs: could not plot %s: %s: %s", path, type(e).__name__, e)
         run.emit("crash_dump", step=step, path=str(path), plot=str(plot) if plot else None)

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import os
 import pathlib
-import platform
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from jaxobs._jsonable import encode_float
-from jaxobs.log import _dumps, _write_text_atomic
+from jaxobs._src.analysis.diagnose import first_diverged
+from jaxobs._src.formats.crash_dump import write_dump
+from jaxobs._src.host.environment import versions
 
-__all__ = ["CRASH_FORMAT", "CRASH_SCHEMA_VERSION", "FlightRecorder"]
-
-CRASH_FORMAT = "jaxobs.crash"
-CRASH_SCHEMA_VERSION = "1.0"
+__all__ = ["FlightRecorder"]
 
 
 class FlightRecorder:
@@ -103,8 +99,6 @@ class FlightRecorder:
 
     def first_diverged(self, **kwargs: Any) -> dict[str, Any] | None:
         """The first layer to diverge in the recorded steps (`jaxobs.crash.first_diverged`)."""
-        from jaxobs.crash import first_diverged
-
         steps, series, present = self.snapshot()
         return first_diverged(steps, series, present=present, **kwargs)
 
@@ -124,63 +118,24 @@ class FlightRecorder:
         Returns the path. A dump for the same step is replaced.
         """
         steps, series, present = self.snapshot()
-        from jaxobs.crash import first_diverged
-
-        def column(key):
-            return [
-                encode_float(float(v)) if ok else None
-                for v, ok in zip(series[key], present[key], strict=True)
-            ]
-
-        doc = {
-            "format": CRASH_FORMAT,
-            "schema_version": CRASH_SCHEMA_VERSION,
-            "created_ns": time.time_ns(),
-            "step": int(step),
-            "trigger": dict(trigger),
-            "first_diverged": _encode(first_diverged(steps, series, present=present)),
-            "thresholds": _encode(dict(thresholds or {})),
-            "alerts": [_encode(dict(a)) for a in alerts],
-            "run": dict(run or {}),
-            "versions": versions(),
-            "checkpoint": dict(checkpoint) if checkpoint else None,
-            "recorder": {
+        return write_dump(
+            directory,
+            step=step,
+            trigger=trigger,
+            recorder={
                 "capacity": self.capacity,
-                "steps": [int(s) for s in steps],
-                "series": {key: column(key) for key in series},
+                "steps": steps,
+                "series": {
+                    key: [
+                        float(v) if ok else None for v, ok in zip(values, present[key], strict=True)
+                    ]
+                    for key, values in series.items()
+                },
             },
-        }
-        path = pathlib.Path(directory) / f"crash-{int(step)}.json"
-        _write_text_atomic(path, _dumps(doc) + "\n")
-        return path
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return encode_float(float(value))
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    return value
-
-
-def versions() -> dict[str, Any]:
-    """Python, platform, jaxobs and the JAX stack's versions, and JAX's backend."""
-    from jaxobs._env import package_versions
-
-    out: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
-    out.update(package_versions())
-    try:
-        import sys
-
-        if "jax" in sys.modules:
-            import jax
-
-            out["backend"] = jax.default_backend()
-            out["devices"] = [str(d) for d in jax.devices()[:8]]
-    except Exception:
-        pass
-    return out
+            first_diverged=first_diverged(steps, series, present=present),
+            thresholds=thresholds,
+            alerts=alerts,
+            run=run,
+            versions=versions(),
+            checkpoint=checkpoint,
+        )

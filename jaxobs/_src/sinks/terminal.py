@@ -6,9 +6,10 @@ import math
 import sys
 from typing import Any
 
-from jaxobs.events import Event
+from jaxobs._src.formats.events import Event
 
 __all__ = ["TerminalSink", "format_value"]
+
 
 _SEVERITY_STYLE = {
     "info": "cyan",

@@ -30,8 +30,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from jaxobs.log import TrainLog
-from jaxobs.summary import summarize
+from jaxobs._src.analysis.summary import summarize
+from jaxobs._src.formats.trainlog import TrainLog
 
 EXIT_USAGE = 2
 
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from jaxobs.run import RunDirError
+    from jaxobs._src.formats.errors import RunDirError
 
     target = args.dump if args.command == "crash" else args.run
     try:
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_command(args: argparse.Namespace) -> None:
     """``show`` and ``export``: both read the run's TrainLog first."""
-    from jaxobs.run import load_trainlog
+    from jaxobs._src.formats.rundir import load_trainlog
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -224,7 +224,7 @@ def _show(log: TrainLog, record, show_all: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from jaxobs.sinks import format_value
+    from jaxobs._src.sinks.terminal import format_value
 
     console = Console()
     if not console.is_terminal:  # piped or redirected: do not squeeze into 80 columns
@@ -337,7 +337,7 @@ def _layer_table(log: TrainLog) -> dict[str, dict[str, float]]:
 def _show_layers(console, log: TrainLog) -> None:
     from rich.table import Table
 
-    from jaxobs.sinks import format_value
+    from jaxobs._src.sinks.terminal import format_value
 
     table_data = _layer_table(log)
     if not table_data:
@@ -360,7 +360,3 @@ def _flatten(config: dict, prefix: str = ""):
             yield from _flatten(value, f"{name}.")
         else:
             yield name, value
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import os
 import pathlib
 import re
@@ -26,54 +27,49 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from jaxobs import _env, _jsonable
-from jaxobs.events import CUSTOM_EVENT_LEVEL, EVENT_LEVELS, Dispatcher, Event, Level, level_from_env
-from jaxobs.log import (
-    SCHEMA_VERSION,
-    Artifact,
-    ConfusionMatrix,
-    ExperimentLog,
-    RunInfo,
-    SchemaVersionError,
-    TrainLog,
-    TrainLogError,
-    _check_version,
+from jaxobs._src.formats.artifacts import ConfusionMatrix
+from jaxobs._src.formats.codec import json_line
+from jaxobs._src.formats.config import histogram, scalar, to_config
+from jaxobs._src.formats.events import (
+    CUSTOM_EVENT_LEVEL,
+    EVENT_LEVELS,
+    Event,
+    Level,
+    level_from_env,
 )
+from jaxobs._src.formats.experiment import Artifact, RunInfo
+from jaxobs._src.formats.rundir import EVENTS_FILE, EVENTS_FORMAT, TRAINLOG_FILE, read_run
+from jaxobs._src.formats.trainlog import SCHEMA_VERSION
+from jaxobs._src.host.dispatch import Dispatcher
+from jaxobs._src.host.environment import snapshot
+
+logger = logging.getLogger("jaxobs")
 
 __all__ = [
     "Run",
-    "RunDirError",
-    "RunDirWarning",
-    "RunRecord",
     "Terminated",
     "active_run",
     "init",
-    "read_run",
 ]
 
-EVENTS_FILE = "events.jsonl"
-TRAINLOG_FILE = "trainlog.json"
-EVENTS_FORMAT = "jaxobs.events"
+
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 _NOT_INSTALLED = object()
+
+
 # Event types the run writes itself, and the fields every record has.
 _RESERVED_TYPES = frozenset(
     {"run_start", "run_end", "metrics", "histograms", "artifact", "note", "config_update"}
 )
+
+
 _RECORD_KEYS = frozenset({"event", "level", "step", "timestamp_ns"})
-
-
-class RunDirError(ValueError):
-    """A run directory or its events.jsonl cannot be read; the message says where and why."""
-
-
-class RunDirWarning(UserWarning):
-    """Something in a run directory was incomplete but everything else could be read."""
 
 
 class Terminated(SystemExit):
@@ -98,19 +94,6 @@ def active_run() -> Run | None:
 def _new_run_id() -> str:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(3)}"
-
-
-def _dumps(record: Mapping[str, Any]) -> str:
-    try:  # the common case: every float is finite, so nothing needs re-encoding
-        return json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        pass
-    return json.dumps(
-        _jsonable.encode_tree(dict(record)),
-        ensure_ascii=False,
-        allow_nan=False,
-        separators=(",", ":"),
-    )
 
 
 def _convert_named(
@@ -184,7 +167,7 @@ def init(
     if not isinstance(run_id, str) or not _ID_RE.match(run_id):
         raise ValueError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'")
     if config is not None and not isinstance(config, Mapping):
-        config = _jsonable.to_config(config, "config")
+        config = to_config(config, "config")
         if not isinstance(config, dict):
             raise TypeError(f"config must be a mapping or a dataclass, got {type(config).__name__}")
     info = RunInfo(
@@ -196,11 +179,11 @@ def init(
         config=dict(config or {}),
     )
     level = level_from_env() if level is None else Level.parse(level)
-    env = _env.snapshot()
+    env = snapshot()
     primary = (env.get("jax") or {}).get("process_index", 0) == 0
     all_sinks = list(sinks)
     if primary and (terminal is None or terminal):
-        from jaxobs.sinks import TerminalSink
+        from jaxobs._src.sinks.terminal import TerminalSink
 
         all_sinks.insert(0, TerminalSink(total_steps=total_steps))
     run = Run(
@@ -279,7 +262,7 @@ class Run:
                 "settings": {"level": level.name, "total_steps": total_steps, "dir": str(self.dir)},
             },
         )
-        line = _dumps(start.to_record()) + "\n"
+        line = json_line(start.to_record()) + "\n"
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             # "x": exclusive creation, so two processes given the same id cannot share a file.
@@ -353,7 +336,7 @@ class Run:
           TypeError: a value that is not a scalar, or a non-string key; names the metric.
           RuntimeError: the run has finished.
         """
-        converted = _convert_named(values, "run.log", "metric", _jsonable.scalar)
+        converted = _convert_named(values, "run.log", "metric", scalar)
         with self._lock:
             self._check_open("log")
             step = _check_step(self._next_step if step is None else step)
@@ -380,9 +363,7 @@ class Run:
           TypeError, ValueError: a malformed histogram, naming it.
           RuntimeError: the run has finished.
         """
-        converted = _convert_named(
-            histograms, "run.log_histograms", "histogram", _jsonable.histogram
-        )
+        converted = _convert_named(histograms, "run.log_histograms", "histogram", histogram)
         if not converted:
             return
         with self._lock:
@@ -398,8 +379,6 @@ class Run:
         except Exception as e:
             if id(hook) not in self._monitor_errors:
                 self._monitor_errors.add(id(hook))
-                from jaxobs.events import logger
-
                 logger.warning(
                     "jaxobs: %r failed (reported once): %s: %s", hook, type(e).__name__, e
                 )
@@ -436,7 +415,7 @@ class Run:
             if level is not None
             else EVENT_LEVELS.get(event_type, CUSTOM_EVENT_LEVEL)
         )
-        payload = _jsonable.to_config(data, event_type)
+        payload = to_config(data, event_type)
         with self._lock:
             self._check_open("emit")
             self._emit(event_type, step, payload, lvl)
@@ -495,7 +474,7 @@ class Run:
 
     def update_config(self, values: Mapping[str, Any]) -> None:
         """Add or change config entries (recorded as a ``config_update`` event)."""
-        converted = _jsonable.to_config(dict(values), "config")
+        converted = to_config(dict(values), "config")
         with self._lock:
             self._check_open("update_config")
             self.info.config.update(converted)
@@ -518,8 +497,6 @@ class Run:
             try:
                 bind(self)
             except Exception as e:
-                from jaxobs.events import logger
-
                 message = (
                     f"jaxobs: {type(sink).__name__}.bind raised {type(e).__name__}: {e}; "
                     f"the sink is left out (training goes on, {self.events_path} is complete)"
@@ -571,7 +548,7 @@ class Run:
         self, event_type: str, step: int | None, data: dict[str, Any], level: Level = Level.BASIC
     ) -> Event:
         event = Event(event_type, level, step, time.time_ns(), data)
-        self._file.write(_dumps(event.to_record()) + "\n")
+        self._file.write(json_line(event.to_record()) + "\n")
         self._file.flush()
         return event
 
@@ -596,8 +573,6 @@ class Run:
                 try:
                     flush()
                 except Exception as e:  # a producer must not keep the run from ending
-                    from jaxobs.events import logger
-
                     logger.warning("jaxobs: flushing %r failed: %s", flush, e)
             if self.enabled:
                 for hook in list(self._on_end):
@@ -637,8 +612,6 @@ class Run:
             self._dispatcher.submit(event)
             self._dispatcher.close()
         if self._dispatcher.dropped:
-            from jaxobs.events import logger
-
             logger.warning(
                 "jaxobs: the sinks' queue was full; events skipped for sinks (all are in %s): %s",
                 self.events_path,
@@ -704,155 +677,3 @@ class Run:
     def __repr__(self) -> str:
         state = "finished" if self._finished else "running"
         return f"Run(project={self.info.project!r}, id={self.id!r}, dir='{self.dir}', {state})"
-
-
-# ----------------------------------------------------------------------------- reading back
-
-
-@dataclasses.dataclass
-class RunRecord:
-    """A run directory read back (by `read_run`).
-
-    Attributes:
-      dir: The run directory.
-      info: Run metadata and config (with every ``config_update`` applied).
-      env: The environment snapshot taken at the start.
-      settings: The run's settings (level, total_steps).
-      status: ``finished``, ``failed``, ``interrupted``, ``terminated``, or ``incomplete``
-        when there is no ``run_end`` record (the run is still going, or was killed).
-      end: The ``run_end`` record, if any.
-      log: Metrics, artifacts and notes as an `ExperimentLog`.
-      events: Every record of ``events.jsonl`` in order, as stored (non-finite floats are
-        the strings "NaN", "Infinity", "-Infinity").
-      warnings: What was incomplete (e.g. a torn last line).
-    """
-
-    dir: pathlib.Path
-    info: RunInfo
-    env: dict[str, Any]
-    settings: dict[str, Any]
-    status: str
-    end: dict[str, Any] | None
-    log: ExperimentLog
-    events: list[dict[str, Any]]
-    warnings: list[str]
-
-    @property
-    def last_step(self) -> int | None:
-        """The largest step of any metric, or None."""
-        steps = [c.steps[-1] for c in self.log.history.curves.values() if c.steps]
-        return max(steps) if steps else None
-
-
-def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
-    """Read a run directory back from its ``events.jsonl``, finished or not.
-
-    A torn last line (the process was killed while writing it) is skipped with a
-    `RunDirWarning`; every complete line before it is kept.
-
-    Raises:
-      RunDirError: no ``events.jsonl``, a corrupt line before the last, or a first record
-        that is not ``run_start``; the message names the file and line.
-      SchemaVersionError: the run was written by a newer major version of jaxobs.
-    """
-    directory = pathlib.Path(directory)
-    path = directory / EVENTS_FILE
-    if not path.is_file():
-        hint = ""
-        if directory.is_dir():
-            runs = sorted(p.name for p in directory.iterdir() if (p / EVENTS_FILE).is_file())
-            if runs:
-                hint = f"; it holds runs: {', '.join(runs[:5])}" + (" ..." if len(runs) > 5 else "")
-        raise RunDirError(f"{directory}: not a jaxobs run directory (no {EVENTS_FILE}){hint}")
-    with open(path, "rb") as f:
-        raw = f.read()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    problems: list[str] = []
-    torn = False
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line.decode("utf-8"))
-            if not isinstance(record, dict) or not isinstance(record.get("event"), str):
-                raise ValueError("not an event object")
-        except (ValueError, UnicodeDecodeError) as e:
-            if number == len(lines) and not raw.endswith(b"\n"):
-                torn = True
-                problems.append(
-                    f"{path}:{number}: the last line is incomplete (the process was "
-                    f"killed while writing it); ignored, {len(records)} records kept"
-                )
-                break
-            raise RunDirError(
-                f"{path}:{number}: corrupt record ({e}); expected one JSON object "
-                "per line with an 'event' field"
-            ) from None
-        records.append(record)
-    if not records or records[0]["event"] != "run_start":
-        raise RunDirError(f"{path}:1: expected a run_start record first")
-    start = records[0]
-    try:
-        _check_version(start, str(path), "run")
-        info = RunInfo.from_json(start.get("run", {}), "run", f"{path}:1")
-    except SchemaVersionError:
-        raise
-    except (TrainLogError, TypeError, ValueError) as e:
-        raise RunDirError(f"{path}:1: bad run_start record: {e}") from None
-    exp = ExperimentLog(run=info)
-    curves: dict[str, Any] = {}
-    end = None
-    for number, rec in enumerate(records[1:], start=2):
-        kind = rec["event"]
-        try:
-            if kind == "metrics":  # validated when written: append without re-checking
-                step = rec["step"]
-                for key, value in rec["values"].items():
-                    curve = curves.get(key) or exp.history.add_metric(key)
-                    curves[key] = curve
-                    curve.steps.append(step)
-                    curve.values.append(
-                        value if type(value) is float else _jsonable.decode_float(value, key)
-                    )
-            elif kind == "artifact":
-                exp.add_artifact(
-                    Artifact.from_json(rec["artifact"], "artifact", f"{path}:{number}")
-                )
-            elif kind == "note":
-                exp.notes.append(str(rec["text"]))
-            elif kind == "config_update":
-                info.config.update(rec["config"])
-            elif kind == "run_end":
-                end = rec
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise RunDirError(
-                f"{path}:{number}: bad {kind} record ({type(e).__name__}: {e})"
-            ) from None
-    if torn and _warn:
-        warnings.warn(problems[-1], RunDirWarning, stacklevel=2)
-    if end is None:
-        problems.append(f"{path}: no run_end record: the run is still going or was killed")
-    return RunRecord(
-        dir=directory,
-        info=info,
-        env=start.get("env", {}),
-        settings=start.get("settings", {}),
-        status=end["status"] if end else "incomplete",
-        end=end,
-        log=exp,
-        events=records,
-        warnings=problems,
-    )
-
-
-def load_trainlog(path: str | os.PathLike) -> tuple[TrainLog, RunRecord | None]:
-    """A TrainLog from a run directory (its events, which are complete even after a crash) or
-    from a TrainLog JSON file; the `RunRecord` too when it came from a run directory."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        record = read_run(path)
-        return record.log.to_trainlog(), record
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    return TrainLog.read_json(path), None

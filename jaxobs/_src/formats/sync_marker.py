@@ -19,24 +19,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 import tempfile
 import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
-from jaxobs import _jsonable
-from jaxobs.events import Event, Level
-from jaxobs.run import RunRecord
-
-__all__ = ["MARKER_DIR", "MarkerClock", "SyncMarker", "SyncResult", "deliver", "events_of"]
-
-logger = logging.getLogger("jaxobs")
+from jaxobs._src.formats.config import to_config
+from jaxobs._src.formats.events import Event
 
 MARKER_DIR = "sync"
+
+
 MARKER_FORMAT = "jaxobs.sync"
+
+
 MARKER_VERSION = 1
 
 
@@ -59,33 +56,6 @@ class SyncResult:
     last_step: int | None
     location: str | None
     status: str
-
-
-def events_of(record: RunRecord, after_ns: int | None = None) -> list[Event]:
-    """The records of a run directory as the events a live sink receives, in order; only
-    those recorded after ``after_ns`` when it is given.
-
-    Metric values come back as floats (non-finite ones from their ``"NaN"``/``"Infinity"``
-    strings); other payloads as stored.
-    """
-    out = []
-    for rec in record.events:
-        timestamp = int(rec.get("timestamp_ns", 0))
-        if after_ns is not None and timestamp <= after_ns:
-            continue
-        data = {k: v for k, v in rec.items() if k not in ("event", "level", "step", "timestamp_ns")}
-        kind = rec["event"]
-        if kind == "metrics":
-            data["values"] = {
-                k: v if type(v) is float else _jsonable.decode_float(v, k)
-                for k, v in data.get("values", {}).items()
-            }
-        try:
-            level = Level[str(rec.get("level", "BASIC"))]
-        except KeyError:
-            level = Level.DETAILED
-        out.append(Event(kind, level, rec.get("step"), timestamp, data))
-    return out
 
 
 class SyncMarker:
@@ -148,7 +118,7 @@ class SyncMarker:
             "records": self.records,
             "last_step": self.last_step,
             "updated_ns": time.time_ns(),
-            "info": _jsonable.to_config(self.info, "sync marker"),
+            "info": to_config(self.info, "sync marker"),
         }
         data = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "destinations": destinations}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,94 +132,3 @@ class SyncMarker:
         except BaseException:
             pathlib.Path(tmp).unlink(missing_ok=True)
             raise
-
-
-class MarkerClock:
-    """Advances a `SyncMarker` for a live sink and saves it every ``every_s`` seconds, so a
-    sync after a crash sends only what the live stream had not sent.
-
-    Args:
-      marker: The destination's marker.
-      every_s: How often `tick` saves it.
-      run: The live `jaxobs.Run`: records its sinks' queue skipped are not counted as sent
-        until `catch_up` has sent them.
-    """
-
-    def __init__(self, marker: SyncMarker, every_s: float = 10.0, run: Any = None):
-        self.marker = marker
-        self.every_s = every_s
-        self.run = run
-        self.caught_up = False
-        self._saved = time.monotonic()
-
-    def tick(self, event: Event, info: Mapping[str, Any] | None = None) -> None:
-        self.marker.advance(event)
-        if time.monotonic() - self._saved >= self.every_s:
-            self.save(info)
-
-    def save(self, info: Mapping[str, Any] | None = None) -> None:
-        skipped = self.run.skipped_for_sinks_ns if self.run is not None else []
-        sent = self.marker.sent_through_ns
-        if skipped and not self.caught_up and sent is not None and sent >= min(skipped):
-            # Not yet sent: a sync after a crash starts from the first skipped record.
-            self.marker.sent_through_ns = min(skipped) - 1
-            try:
-                self.marker.save(**dict(info or {}))
-            finally:
-                self.marker.sent_through_ns = sent
-        else:
-            self.marker.save(**dict(info or {}))
-        self._saved = time.monotonic()
-
-    def catch_up(self, handle: Callable[[Event], Any]) -> int:
-        """Send, through ``handle``, the records the sinks' queue skipped, read back from the
-        run's ``events.jsonl``; returns how many. Call it when the run ends."""
-        skipped = set(self.run.skipped_for_sinks_ns) if self.run is not None else set()
-        sent = 0
-        if skipped:
-            from jaxobs.run import read_run
-
-            for event in events_of(read_run(self.run.dir, _warn=False)):
-                if event.timestamp_ns in skipped and event.type != "run_end":
-                    handle(event)
-                    sent += 1
-        self.caught_up = True
-        return sent
-
-
-def deliver(bridge: Any, event: Event, tracker: str, info: Callable[[], Mapping[str, Any]]) -> None:
-    """Hand ``event`` to ``bridge._on_<event type>`` and count it in the bridge's marker.
-
-    The protocol the bridges share: ``bridge._failed``, ``bridge._replaying`` (a sync: errors
-    are raised, not reported), ``bridge._clock`` (a `MarkerClock`) and ``bridge._run_dir``.
-    A live bridge that raises is reported once, with the ``jaxobs sync`` command that sends
-    the rest later, and gets nothing more; training goes on.
-    """
-    if bridge._failed:
-        return
-    method = getattr(bridge, f"_on_{event.type}", None)
-    try:
-        if method is not None:
-            method(event)
-    except Exception as e:
-        if bridge._replaying:
-            raise
-        bridge._failed = True
-        where = bridge._run_dir or "the run directory"
-        logger.warning(
-            "jaxobs: %s failed: %s: %s (on %s at step %s). Training goes on and %s is "
-            "complete; %s gets nothing more from this run: send the rest later with "
-            "`jaxobs sync %s --to %s`",
-            tracker,
-            type(e).__name__,
-            e,
-            event.type,
-            event.step,
-            where,
-            tracker,
-            where,
-            bridge.tracker,
-        )
-        return
-    if bridge._clock is not None and event.type != "run_end":
-        bridge._clock.tick(event, info())

@@ -1,7 +1,5 @@
-"""Turning host values into JSON: non-finite sentinels, config conversion, secret redaction.
-
-Everything here is plain Python and NumPy; nothing imports jax (jax arrays are recognised by
-duck typing, through ``__array__`` and ``shape``).
+"""Run configs and logged values made JSON-safe: configs (with secrets redacted),
+scalars and histograms.
 """
 
 from __future__ import annotations
@@ -10,7 +8,6 @@ import dataclasses
 import datetime as _dt
 import enum
 import itertools
-import math
 import os
 import pathlib
 import re
@@ -19,55 +16,12 @@ from typing import Any
 
 import numpy as np
 
-# Floats that JSON cannot hold are written as these strings (the TrainLog contract).
-NAN, POS_INF, NEG_INF = "NaN", "Infinity", "-Infinity"
-_SENTINELS = {NAN: math.nan, POS_INF: math.inf, NEG_INF: -math.inf}
-
 REDACTED = "<redacted>"
+
 
 # Arrays in a config are kept as nested lists up to this many elements.
 MAX_CONFIG_ARRAY_SIZE = 1024
 
-
-def encode_float(x: float) -> float | str:
-    """A float as JSON: the number when finite, else "NaN", "Infinity" or "-Infinity"."""
-    if math.isfinite(x):
-        return x
-    if math.isnan(x):
-        return NAN
-    return POS_INF if x > 0 else NEG_INF
-
-
-def decode_float(v: Any, where: str) -> float:
-    """The inverse of `encode_float`; ``where`` names the field in the error message."""
-    if isinstance(v, bool):
-        raise ValueError(f"{where}: expected a number, got a boolean ({v!r})")
-    if isinstance(v, (int, float)):
-        try:
-            return float(v)
-        except OverflowError:
-            raise ValueError(
-                f"{where}: the integer {str(v)[:20]}... is too large for a float"
-            ) from None
-    if isinstance(v, str) and v in _SENTINELS:
-        return _SENTINELS[v]
-    raise ValueError(
-        f'{where}: expected a number or one of "NaN", "Infinity", "-Infinity", got {v!r}'
-    )
-
-
-def encode_tree(value: Any) -> Any:
-    """Replace non-finite floats anywhere inside plain JSON data by their sentinel strings."""
-    if isinstance(value, float):
-        return encode_float(value)
-    if isinstance(value, dict):
-        return {k: encode_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [encode_tree(v) for v in value]
-    return value
-
-
-# ----------------------------------------------------------------------------- secrets
 
 _SECRET_WORDS = {
     "passwords",
@@ -83,6 +37,8 @@ _SECRET_WORDS = {
     "credentials",
     "passphrase",
 }
+
+
 _SECRET_PAIRS = {
     ("api", "key"),
     ("private", "key"),
@@ -123,9 +79,6 @@ def looks_secret(key: str) -> bool:
 def redact_env(env: Mapping[str, str]) -> dict[str, str]:
     """A copy of ``env`` with the values of secret-looking keys replaced by ``<redacted>``."""
     return {k: (REDACTED if looks_secret(k) and v else v) for k, v in env.items()}
-
-
-# ----------------------------------------------------------------------------- config
 
 
 class ConfigError(TypeError):

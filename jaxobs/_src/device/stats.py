@@ -1,0 +1,186 @@
+"""Statistics of pytrees, pure and jittable (documented in `jaxobs.stats`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxobs._src.device.paths import group_by_layer
+from jaxobs._src.device.reductions import NEEDS, combine, finish_stats, float_leaves, moments
+
+__all__ = [
+    "ACT_STATS",
+    "STATS",
+    "activation_stats",
+    "flatten_stats",
+    "global_norm",
+    "leaf_stats",
+    "tree_stats",
+    "update_ratio",
+]
+
+
+STATS = ("norm", "rms", "mean", "std", "min", "max", "max_abs", "zero_frac", "nonfinite")
+
+
+ACT_STATS = ("mean", "std", "max_abs", "zero_frac", "dead_frac", "saturation_frac")
+
+
+def check_stats(stats: Iterable[str], known: Sequence[str] = STATS) -> tuple[str, ...]:
+    stats = (stats,) if isinstance(stats, str) else tuple(stats)
+    unknown = [s for s in stats if s not in known]
+    if unknown or not stats:
+        raise ValueError(f"unknown statistics {unknown}; choose from {list(known)}")
+    return stats
+
+
+def leaf_stats(x: jax.Array, stats: Iterable[str] = STATS) -> dict[str, jax.Array]:
+    """Statistics of one array (see the module docstring for their definitions).
+
+    Example:
+      >>> out = leaf_stats(jnp.array([3.0, 4.0, 0.0, jnp.nan]), ["norm", "zero_frac", "nonfinite"])
+      >>> {k: float(v) for k, v in out.items()}
+      {'norm': 5.0, 'zero_frac': 0.25, 'nonfinite': 1.0}
+    """
+    stats = check_stats(stats)
+    need = set().union(*(NEEDS[s] for s in stats))
+    return finish_stats(moments(jnp.asarray(x), need), stats, float(math.prod(jnp.shape(x))))
+
+
+def tree_stats(
+    tree: Any,
+    stats: Iterable[str] = STATS,
+    *,
+    per: str = "leaf",
+    prefix: str = "",
+) -> dict[str, jax.Array]:
+    """Statistics of every floating-point leaf (``per="leaf"``) or of every layer
+    (``per="layer"``: the leaves of one module combined, e.g. kernel and bias of ``Dense_0``).
+
+    Args:
+      tree: Any pytree of arrays.
+      stats: Which statistics (default: all of `STATS`); only these are computed.
+      per: ``"leaf"`` or ``"layer"``.
+      prefix: Prepended to every key with a ``/`` (e.g. ``"grads"``).
+
+    Returns:
+      ``{"<prefix>/<path>/<stat>": float32 scalar}``, a flat dict.
+
+    Example:
+      >>> g = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+      >>> out = tree_stats(g, ["norm"], per="layer", prefix="grads")
+      >>> {k: float(v) for k, v in out.items()}
+      {'grads/Dense_0/norm': 2.0}
+    """
+    stats = check_stats(stats)
+    if per not in ("leaf", "layer"):
+        raise ValueError(f"per must be 'leaf' or 'layer', got {per!r}")
+    need = set().union(*(NEEDS[s] for s in stats))
+    leaves = float_leaves(tree)
+    head = f"{prefix}/" if prefix else ""
+    if per == "leaf":
+        out = {}
+        for path, leaf in leaves:
+            for s, v in leaf_stats(leaf, stats).items():
+                out[f"{head}{path}/{s}"] = v
+        return out
+    groups: dict[str, list[jax.Array]] = {}
+    for path, leaf in leaves:
+        groups.setdefault(group_by_layer(path), []).append(leaf)
+    out = {}
+    for layer, members in groups.items():
+        combined = combine([moments(leaf, need) for leaf in members])
+        size = float(sum(math.prod(leaf.shape) for leaf in members))
+        for s, v in finish_stats(combined, stats, size).items():
+            out[f"{head}{layer}/{s}"] = v
+    return out
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """L2 norm of all floating-point leaves together (float32 accumulation).
+
+    Unlike `tree_stats`, a non-finite element makes the result non-finite: this is the
+    number to compare with a clipping threshold.
+    """
+    leaves = float_leaves(tree)
+    if not leaves:
+        return jnp.float32(0)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for _, leaf in leaves))
+
+
+def update_ratio(
+    updates: Any, params: Any, *, per: str = "layer", prefix: str = "", eps: float = 1e-12
+) -> dict[str, jax.Array]:
+    """``||update|| / ||param||`` per layer (or per leaf), keyed ``<prefix>/<path>/update_ratio``.
+
+    ``updates`` and ``params`` must have the same structure (e.g. optax updates and the
+    parameters they apply to, or ``new_params - old_params``).
+    """
+    u = tree_stats(updates, ["norm"], per=per)
+    p = tree_stats(params, ["norm"], per=per)
+    if set(u) != set(p):
+        raise ValueError(
+            f"update_ratio: updates and params have different leaves: {sorted(set(u) ^ set(p))[:5]}"
+        )
+    head = f"{prefix}/" if prefix else ""
+    return {f"{head}{k[: -len('/norm')]}/update_ratio": u[k] / (p[k] + eps) for k in u}
+
+
+def activation_stats(
+    x: jax.Array,
+    stats: Iterable[str] = ACT_STATS,
+    *,
+    unit_axis: int = -1,
+    saturation: str | None = None,
+) -> dict[str, jax.Array]:
+    """Statistics of one activation: moments plus per-unit dead and saturation fractions.
+
+    A unit is one index of ``unit_axis`` (the features of a Dense layer, the channels of a
+    convolution); every other axis is batch (and space). A unit is *dead for this batch* when
+    its value is <= 0 for every example and position: for the output of a ReLU that means zero
+    everywhere, and for a layer's pre-activation output (what flax's ``Dense`` and ``Conv``
+    return, before the ReLU applied outside them) it means a ReLU after it would be dead.
+
+    Args:
+      x: The activation.
+      stats: From `ACT_STATS`: ``mean``, ``std``, ``max_abs``, ``zero_frac`` (fraction of zero
+        elements), ``dead_frac`` (fraction of units dead for this batch, as above),
+        ``saturation_frac`` (fraction of elements saturated; needs ``saturation``).
+      unit_axis: The axis of units.
+      saturation: ``"tanh"`` (``|x| > 0.99``) or ``"sigmoid"`` (``x < 0.01`` or
+        ``x > 0.99``) to compute ``saturation_frac``; None skips it.
+    """
+    stats = check_stats(stats, ACT_STATS)
+    x = jnp.asarray(x)
+    x32 = x.astype(jnp.float32)
+    base = [s for s in stats if s in STATS]
+    out = leaf_stats(x32, base) if base else {}
+    if "dead_frac" in stats:
+        axis = unit_axis % x.ndim
+        alive = jnp.any(x32 > 0, axis=tuple(a for a in range(x.ndim) if a != axis))
+        out["dead_frac"] = jnp.sum(~alive).astype(jnp.float32) / jnp.float32(alive.size)
+    if "saturation_frac" in stats and saturation is not None:
+        if saturation == "tanh":
+            sat = jnp.abs(x32) > 0.99
+        elif saturation == "sigmoid":
+            sat = (x32 < 0.01) | (x32 > 0.99)
+        else:
+            raise ValueError(f"saturation must be 'tanh' or 'sigmoid', got {saturation!r}")
+        out["saturation_frac"] = jnp.mean(sat.astype(jnp.float32))
+    return {s: out[s] for s in stats if s in out}
+
+
+def flatten_stats(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": x}}`` -> ``{"a/b": x}`` (for scalars returned as nested dicts)."""
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten_stats(value, name))
+        else:
+            out[name] = value
+    return out

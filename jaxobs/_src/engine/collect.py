@@ -1,0 +1,142 @@
+"""What one trace of an observed step gathers, and `tap`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxobs._src.device.histogram import tree_histograms
+from jaxobs._src.device.stats import tree_stats
+from jaxobs._src.engine.step_shapes import pure_dict
+
+logger = logging.getLogger("jaxobs")
+
+
+@dataclasses.dataclass
+class Collector:
+    """What one trace of an observed step gathers: reduced statistics by key."""
+
+    stats: tuple[str, ...]
+    per: str
+    act_stats: tuple[str, ...]
+    active: Any  # traced bool: compute statistics at this step (every=N)
+    watch: frozenset = frozenset(("grads", "taps", "acts"))
+    scalars: set = dataclasses.field(default_factory=set)  # delivered at every step
+    values: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+    track_alive: bool = False  # per-unit "was active" masks for the dead-unit window
+    alive: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict)  # tapped trees (the guard)
+    hist_bins: int = 0  # histograms of watched trees (0: none) ...
+    hist_active: Any = False  # ... at this step (traced bool)
+    hists: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+
+    def add(self, key: str, value: Any) -> None:
+        self.values.setdefault(key, value)  # the first value of a key wins (e.g. train fwd)
+
+    def gated(
+        self, compute: Callable[[], dict[str, jax.Array]], active: Any = None
+    ) -> dict[str, jax.Array]:
+        """``compute()`` at active steps (``active``, default: the statistics steps), zeros
+        otherwise, without paying for it."""
+        active = self.active if active is None else active
+        if active is True:
+            return compute()
+        shapes = jax.eval_shape(compute)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return lax.cond(active, compute, lambda: zeros)
+
+    def add_histograms(self, tree: Any, prefix: str) -> None:
+        """Histograms of ``tree``'s leaves, computed only at histogram steps."""
+        if not self.hist_bins:
+            return
+
+        values = self.gated(
+            lambda: tree_histograms(tree, self.hist_bins, prefix=prefix), self.hist_active
+        )
+        for key, value in values.items():
+            self.hists.setdefault(key, value)
+
+
+_state = threading.local()
+
+
+def current_collector() -> Collector | None:
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def collecting(collector: Collector):
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(collector)
+    try:
+        yield collector
+    finally:
+        stack.pop()
+
+
+def is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (hasattr(value, "shape") and value.shape == ())
+
+
+def tap(**named: Any) -> None:
+    """Record values for observation inside an observed step.
+
+    Trees (gradients, parameters, anything) are reduced to statistics where they are tapped,
+    with keys ``<name>/<path>/<stat>`` (``grads/Dense_0/kernel/norm``); scalars are kept as
+    they are, under their own name (``jaxobs.tap(lr=lr)`` records ``lr``).
+
+    Example:
+      >>> @jaxobs.observe
+      ... def train_step(state, batch):
+      ...     loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+      ...     jaxobs.tap(grads=grads, loss=loss)
+      ...     return state.apply_gradients(grads=grads), {"loss": loss}
+
+    Outside an observed step `tap` does nothing (and says so once).
+    """
+    collector = current_collector()
+    if collector is None:
+        warn_once(
+            "tap-outside",
+            "jaxobs.tap() outside a step decorated with @jaxobs.observe records nothing",
+        )
+        return
+    for name, value in named.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tap names must be non-empty strings, got {name!r}")
+        # The health guard reads tapped gradients and scalars whatever is watched.
+        collector.raw.setdefault(name, value if is_scalar(value) else pure_dict(value))
+        if ("grads" if name == "grads" else "taps") not in collector.watch:
+            continue
+        if is_scalar(value):
+            collector.add(name, jnp.asarray(value, jnp.float32))
+            collector.scalars.add(name)
+        else:
+            value = pure_dict(value)  # an nnx.State: paths like its parameters' (no "/value")
+            if name == "grads":
+                collector.add_histograms(value, name)
+            reduced = collector.gated(
+                lambda v=value, n=name: tree_stats(v, collector.stats, per=collector.per, prefix=n)
+            )
+            for key, v in reduced.items():
+                collector.add(key, v)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning("jaxobs: %s", message)

@@ -1,0 +1,405 @@
+"""The data model of a training run and its stable JSON format.
+
+The pieces, smallest first:
+
+- `Series`: one named scalar metric as stored in a file.
+- `Curve`: a builder for one metric over steps.
+- `MetricHistory`: a builder for several metrics logged in aligned rows.
+- `TrainLog`: the persisted artifact (title, steps, series, notes, plus run metadata and
+  artifacts); `TrainLog.write_json` and `TrainLog.read_json` are the codec.
+- `RunInfo`, `Artifact`, `ExperimentLog`: run metadata, config and files, lowering to a
+  `TrainLog` with `ExperimentLog.to_trainlog`.
+- `LogDestination`: where a routine sends its log (a JSON path, or disabled).
+- `ConfusionMatrix`: a classification confusion matrix with its own small JSON codec.
+
+The format is specified in ``docs/trainlog-format.md`` and shipped as a JSON Schema
+(`schema_path`). In short: finite floats are JSON numbers, non-finite ones the strings
+``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; missing optional fields take their defaults;
+unknown keys are kept and written back; a file of a newer major ``schema_version`` is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from jaxobs._src.formats.codec import (
+    PathLike,
+    dumps,
+    encode_float,
+    encode_tree,
+    load_json_file,
+    write_text_atomic,
+)
+from jaxobs._src.formats.config import scalar, to_config
+from jaxobs._src.formats.errors import TrainLogError
+from jaxobs._src.formats.fields import REQUIRED, FieldReader, check_version
+
+SCHEMA_VERSION = "1.0"
+
+
+TRAINLOG_FORMAT = "jaxobs.trainlog"
+
+
+def schema_path() -> pathlib.Path:
+    """Path of the JSON Schema of the TrainLog format shipped inside the package."""
+    return pathlib.Path(__file__).parents[2] / "schema" / "trainlog-v1.schema.json"
+
+
+class JsonEq:
+    """Equality by JSON form, so that NaN equals NaN and -0.0 differs from 0.0."""
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return dumps(self.to_json()) == dumps(other.to_json())  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def as_steps(steps: Iterable[Any] | None, where: str) -> list[int] | None:
+    if steps is None:
+        return None
+    out = []
+    for s in steps:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise TypeError(f"{where}: steps must be integers, got {type(s).__name__}: {s!r}")
+        out.append(int(s))
+    return out
+
+
+def check_step(step: Any, where: str) -> int:
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+        raise TypeError(f"{where}: step must be an integer, got {type(step).__name__}: {step!r}")
+    return int(step)
+
+
+@dataclasses.dataclass(eq=False)
+class Series(JsonEq):
+    """One named scalar metric as it is stored in a `TrainLog`.
+
+    Attributes:
+      name: The metric's key, ``/``-joined (``train/loss``, ``grads/Dense_0/kernel/norm``).
+      values: The values, as floats (NaN and infinities allowed).
+      steps: The step of each value. ``None`` means the TrainLog's shared ``steps`` (or
+        ``0..n-1`` when it has none).
+      color: An optional display color for viewers (``"#1f77b4"``, ``"red"``).
+      extra: Keys from a file that this version does not know; written back unchanged.
+    """
+
+    name: str
+    values: list[float]
+    steps: list[int] | None = None
+    color: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise TypeError(f"Series name must be a string, got {type(self.name).__name__}")
+        self.values = [scalar(v, self.name) for v in self.values]
+        self.steps = as_steps(self.steps, f"series {self.name!r}")
+        if self.steps is not None and len(self.steps) != len(self.values):
+            raise ValueError(
+                f"series {self.name!r}: {len(self.steps)} steps but {len(self.values)} values"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.steps is not None:
+            out["steps"] = list(self.steps)
+        out["values"] = [encode_float(v) for v in self.values]
+        if self.color:
+            out["color"] = self.color
+        out.update(encode_tree(self.extra))
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "series", source: str = "<data>") -> Series:
+        r = FieldReader(data, f"{where}.", source)
+        return r.build(
+            cls,
+            name=r.str("name", REQUIRED),
+            values=r.floats("values"),
+            steps=r.ints("steps", None),
+            color=r.str("color"),
+        )
+
+
+@dataclasses.dataclass(eq=False)
+class RunInfo(JsonEq):
+    """Metadata of one run, close to the W&B mental model; performs no I/O.
+
+    ``config`` is converted to plain JSON on construction (see `jaxobs.to_config` rules:
+    dataclasses, NumPy/jax scalars and small arrays, paths, enums, tuples); values under
+    secret-looking keys (``api_key``, ``token``, ``password``, ``secret``) are redacted.
+
+    Attributes:
+      project: Project or collection name.
+      name: Display name; a `TrainLog` lowered from this run takes it as its title.
+      run_id: Stable identifier of the run.
+      group: Optional group or sweep name.
+      tags: Free-form tags.
+      config: Hyperparameters and data/runtime choices.
+      extra: Keys from a file that this version does not know; written back unchanged.
+    """
+
+    project: str = ""
+    name: str = ""
+    run_id: str = ""
+    group: str = ""
+    tags: list[str] = dataclasses.field(default_factory=list)
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for field in ("project", "name", "run_id", "group"):
+            if not isinstance(getattr(self, field), str):
+                raise TypeError(f"RunInfo.{field} must be a string, got {getattr(self, field)!r}")
+        if isinstance(self.tags, str):
+            raise TypeError(f"RunInfo.tags must be a list of strings, got the string {self.tags!r}")
+        self.tags = [str(t) for t in self.tags]
+        config = to_config(dict(self.config or {}), "config")
+        self.config = config
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "project": self.project,
+            "name": self.name,
+            "run_id": self.run_id,
+            "group": self.group,
+            "tags": list(self.tags),
+            "config": encode_tree(self.config),
+        }
+        out.update(encode_tree(self.extra))
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "run", source: str = "<data>") -> RunInfo:
+        r = FieldReader(data, f"{where}.", source)
+        # Config is free-form JSON: its strings stay strings (a non-finite float in a config
+        # is written as its sentinel string and read back as that string).
+        config = r.get("config", dict, dict, "an object")
+        return r.build(
+            cls,
+            project=r.str("project"),
+            name=r.str("name"),
+            run_id=r.str("run_id"),
+            group=r.str("group"),
+            tags=r.strs("tags"),
+            config=config,
+        )
+
+
+@dataclasses.dataclass(eq=False)
+class Artifact(JsonEq):
+    """A file produced or consumed by a run.
+
+    Attributes:
+      name: Short name, e.g. ``"checkpoint"`` or ``"predictions_csv"``.
+      path: Path of the file; relative paths are relative to the run directory.
+      kind: Optional kind: ``"model"``, ``"plot"``, ``"dataset"``, ``"report"``, ...
+      description: Optional human-readable description.
+      extra: Keys from a file that this version does not know.
+    """
+
+    name: str
+    path: str
+    kind: str = ""
+    description: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"artifact name must be a non-empty string, got {self.name!r}")
+        self.path = os.fspath(self.path)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "path": self.path}
+        if self.kind:
+            out["kind"] = self.kind
+        if self.description:
+            out["description"] = self.description
+        out.update(encode_tree(self.extra))
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "artifact", source: str = "<data>") -> Artifact:
+        r = FieldReader(data, f"{where}.", source)
+        return r.build(
+            cls,
+            name=r.str("name", REQUIRED),
+            path=r.str("path", REQUIRED),
+            kind=r.str("kind"),
+            description=r.str("description"),
+        )
+
+
+@dataclasses.dataclass(eq=False)
+class TrainLog(JsonEq):
+    """The persisted log of a training run: the stable JSON artifact.
+
+    Attributes:
+      title: Shown at the top of viewers.
+      steps: Step indices shared by the series that carry no steps of their own.
+      series: The metrics.
+      notes: Free-form notes.
+      run: Run metadata and config, when the log comes from an `ExperimentLog`.
+      artifacts: Files the run produced.
+      schema_version: The format version this log was read with or will be written as.
+      extra: Top-level keys this version does not know; written back unchanged.
+
+    Example:
+      >>> log = TrainLog("demo", steps=[0, 1], series=[Series("loss", [1.0, float("nan")])])
+      >>> TrainLog.from_json(log.to_json()) == log
+      True
+    """
+
+    title: str = ""
+    steps: list[int] = dataclasses.field(default_factory=list)
+    series: list[Series] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    run: RunInfo | None = None
+    artifacts: list[Artifact] = dataclasses.field(default_factory=list)
+    schema_version: str = SCHEMA_VERSION
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.steps = as_steps(self.steps, "TrainLog") or []
+        self.series = list(self.series)
+        if isinstance(self.notes, str):
+            raise TypeError(
+                f"TrainLog.notes must be a list of strings, got the string {self.notes!r}"
+            )
+        self.notes = [str(n) for n in self.notes]
+        self.artifacts = list(self.artifacts)
+        names = [s.name for s in self.series]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"TrainLog {self.title!r}: series names repeat: {dup}")
+        for s in self.series:
+            if s.steps is None and self.steps and len(s.values) != len(self.steps):
+                raise ValueError(
+                    f"series {s.name!r} has {len(s.values)} values but the log's shared steps "
+                    f"has {len(self.steps)}; give the series its own steps"
+                )
+
+    @classmethod
+    def two_point(
+        cls, initial_loss: float, final_loss: float, steps: int, title: str = "loss"
+    ) -> TrainLog:
+        """A two-point loss log: the loss at step 0 and after ``steps`` updates."""
+        return cls(
+            title=title, steps=[0, int(steps)], series=[Series("loss", [initial_loss, final_loss])]
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.series]
+
+    def __getitem__(self, name: str) -> Series:
+        for s in self.series:
+            if s.name == name:
+                return s
+        raise KeyError(f"no series named {name!r} in TrainLog {self.title!r}; have {self.names}")
+
+    def steps_of(self, series: Series | str) -> list[int]:
+        """The step of each value of ``series``, resolving shared and implicit steps."""
+        s = self[series] if isinstance(series, str) else series
+        if s.steps is not None:
+            return list(s.steps)
+        return list(self.steps) if self.steps else list(range(len(s.values)))
+
+    # -- codec
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "format": TRAINLOG_FORMAT,
+            "title": self.title,
+        }
+        if self.run is not None:
+            out["run"] = self.run.to_json()
+        out["steps"] = list(self.steps)
+        out["series"] = [s.to_json() for s in self.series]
+        out["notes"] = list(self.notes)
+        out["artifacts"] = [a.to_json() for a in self.artifacts]
+        out.update(encode_tree(self.extra))
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<data>") -> TrainLog:
+        """Decode a TrainLog from parsed JSON; ``source`` names it in error messages.
+
+        Raises:
+          SchemaVersionError: the data has a newer major ``schema_version``.
+          TrainLogError: the data does not have the TrainLog form; the message names the field.
+        """
+        version = check_version(data, source, "TrainLog", current=SCHEMA_VERSION)
+        fmt = data.get("format", TRAINLOG_FORMAT)
+        if fmt != TRAINLOG_FORMAT:
+            raise TrainLogError(f"{source}: format is {fmt!r}, expected {TRAINLOG_FORMAT!r}")
+        r = FieldReader(data, "", source)
+        r.seen.update({"schema_version", "format"})
+        series_data = r.get("series", list, list, "a list of series objects")
+        run_data = r.get("run", dict, None, "an object")
+        artifacts = r.get("artifacts", list, list, "a list of artifact objects")
+        try:
+            return cls(
+                title=r.str("title"),
+                steps=r.ints("steps"),
+                series=[
+                    Series.from_json(s, f"series[{i}]", source) for i, s in enumerate(series_data)
+                ],
+                notes=r.strs("notes"),
+                run=None if run_data is None else RunInfo.from_json(run_data, "run", source),
+                artifacts=[
+                    Artifact.from_json(a, f"artifacts[{i}]", source)
+                    for i, a in enumerate(artifacts)
+                ],
+                schema_version=version,
+                extra=r.rest(),
+            )
+        except (TypeError, ValueError) as e:
+            if isinstance(e, TrainLogError):
+                raise
+            raise TrainLogError(f"{source}: {e}") from None
+
+    def dumps(self) -> str:
+        """The canonical JSON text: one top-level key per line, one series per line."""
+        data = self.to_json()
+        lines = []
+        for key, value in data.items():
+            if key == "series" and value:
+                inner = ",\n".join(f"    {dumps(s)}" for s in value)
+                lines.append(f'  "series": [\n{inner}\n  ]')
+            else:
+                lines.append(f"  {dumps(key)}: {dumps(value)}")
+        return "{\n" + ",\n".join(lines) + "\n}\n"
+
+    @classmethod
+    def loads(cls, text: str, source: str = "<string>") -> TrainLog:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TrainLogError(
+                f"{source}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})"
+            ) from None
+        return cls.from_json(data, source)
+
+    def write_json(self, path: PathLike) -> pathlib.Path:
+        """Write the log to ``path`` (parents created; atomic replace). Returns the path."""
+        return write_text_atomic(path, self.dumps())
+
+    @classmethod
+    def read_json(cls, path: PathLike) -> TrainLog:
+        """Read a log written by `write_json` (or by any writer of the documented format)."""
+        return cls.from_json(load_json_file(path), str(path))

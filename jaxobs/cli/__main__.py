@@ -1,0 +1,7 @@
+"""``python -m jaxobs.cli``: the ``jaxobs`` command."""
+
+import sys
+
+from jaxobs.cli.main import main
+
+sys.exit(main())
