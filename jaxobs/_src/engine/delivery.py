@@ -58,9 +58,7 @@ class Deliverer:
                     packed()
                     continue
                 arrays = jax.device_get(packed.arrays)
-                self._deliver(
-                    *unpack(*arrays, packed.keys, packed.n_always, packed.hnames)
-                )
+                self._deliver(*unpack(*arrays, packed.keys, packed.n_always, packed.hnames))
             except Exception as e:  # never let the thread die: report and go on
                 logger.warning("jaxobs: could not deliver statistics: %s: %s", type(e).__name__, e)
             finally:

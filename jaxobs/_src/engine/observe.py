@@ -457,11 +457,11 @@ class Observed:
 
     def _raise_if_halted(self) -> None:
         checker = self.health
-        if checker is None or checker.halt is None or self._halt_raised:
+        if checker is None or checker.actions.halt is None or self._halt_raised:
             return
         with self._dump_lock:  # the dump for the halting alert is written under this lock
             self._halt_raised = True
-            raise TrainingHalted(checker.halt, self.dumps[-1] if self.dumps else None)
+            raise TrainingHalted(checker.actions.halt, self.dumps[-1] if self.dumps else None)
 
     def _state_tree(self, args: tuple, out: Any) -> Any:
         """The training state after a step: what a snapshot keeps."""
@@ -487,22 +487,24 @@ class Observed:
         """On the delivery thread, after the record of the step before: keep the snapshot if
         that step was healthy."""
         checker = self.health
-        if checker.last_bad or checker.halt is not None:
+        if checker.actions.last_bad or checker.actions.halt is not None:
             return
         host = jax.device_get(copies)
         self._snapshots.append((step, treedef, host, shardings))
 
     def _maybe_roll_back(self, args: tuple) -> tuple:
         checker = self.health
-        if checker is None or checker.rollback is None:
+        if checker is None:
             return args
         with self._dump_lock:
-            request, checker.rollback = checker.rollback, None
-        good = [snap for snap in self._snapshots if snap[0] <= request["streak_start"]]
+            request = checker.actions.take_rollback()
+        if request is None:
+            return args
+        good = [snap for snap in self._snapshots if snap[0] <= request.streak_start]
         run = self._target_run()
         if not good:
-            alert = checker._give_up(
-                request["step"], "no good state was kept to roll back to (snapshot_every)"
+            alert = checker.actions.give_up(
+                request.step, "no good state was kept to roll back to (snapshot_every)"
             )
             if alert is not None and run is not None and not run.finished:
                 self._emit_alerts(run, [alert])
@@ -530,12 +532,12 @@ class Observed:
         else:
             args = (*restored, *args[2:])
         self.batches_to_skip += checker.rollback_skip_batches
-        checker._count_skips_from = self._host_step  # steps already in flight do not count
+        checker.actions.rollback_done(self._host_step)  # steps in flight do not count
         info = {
             "at_step": self._host_step,
             "restored_step": step,
-            "trigger_step": request["step"],
-            "streak_start": request["streak_start"],
+            "trigger_step": request.step,
+            "streak_start": request.streak_start,
         }
         self.rollbacks.append(info)
         if run is not None and not run.finished:
@@ -560,10 +562,18 @@ class Observed:
         run = self._target_run()
         if run is not None and run not in self._runs_hooked:
             self._runs_hooked.add(run)
-            run._before_finish.append(self.flush)
-            if self.recorder is not None or self.health is not None:
-                run._monitors.append(functools.partial(self._monitor, run))
-                run._on_end.append(functools.partial(self._on_run_end, run))
+            run.add_monitor(self)
+
+    def on_finish(self, run) -> None:
+        self.flush()
+
+    def on_log(self, run, step: int, values: Mapping[str, float]) -> None:
+        if self.recorder is not None or self.health is not None:
+            self._monitor(run, step, values)
+
+    def on_end(self, run, status: str, error: BaseException | None) -> None:
+        if self.recorder is not None or self.health is not None:
+            self._on_run_end(run, status, error)
 
     def _deliver(
         self, step: int, values: dict[str, float], hists: Mapping[str, Any] | None = None
@@ -596,14 +606,15 @@ class Observed:
             alerts = self.health.check(step, values, diverged=diverged)
             self._emit_alerts(run, alerts)
             critical = next((a for a in alerts if a.severity == "critical"), None)
-            if self.health.halt is not None and self.health.halt in alerts:
-                critical = self.health.halt
+            halt = self.health.actions.halt
+            if halt is not None and halt in alerts:
+                critical = halt
             if critical is not None:
                 self._dump(
                     run,
                     critical.step,
                     {
-                        "kind": "halt" if self.health.halt is critical else "alert",
+                        "kind": "halt" if halt is critical else "alert",
                         "rule": critical.rule,
                         "severity": critical.severity,
                         "message": critical.message,

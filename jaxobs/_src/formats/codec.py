@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,16 +97,12 @@ def load_json_file(path: PathLike) -> Any:
         ) from None
 
 
-def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
+def write_atomic(path: PathLike, data: bytes) -> pathlib.Path:
+    """Write ``data`` via a temporary file, fsync and rename, so that a reader never sees
+    half a file and a crash right after leaves either the old or the new file."""
     path = pathlib.Path(path)
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        bad = text[e.start : e.end].encode("unicode_escape").decode()
-        raise ValueError(f"{path}: cannot write {bad!r} as UTF-8 (a lone surrogate?)") from None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -115,6 +112,16 @@ def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:
+    """`write_atomic` of UTF-8 text; a string that cannot be UTF-8 is a ValueError."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start : e.end].encode("unicode_escape").decode()
+        raise ValueError(f"{path}: cannot write {bad!r} as UTF-8 (a lone surrogate?)") from None
+    return write_atomic(path, data)
 
 
 def dumps(value: Any) -> str:

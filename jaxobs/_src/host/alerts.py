@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 SEVERITIES = ("info", "warning", "danger", "critical")
+# Severities as numbers (1-4) for trackers that plot them.
+SEVERITY_CODE = {name: i for i, name in enumerate(SEVERITIES, start=1)}
 
 
 ACTIONS = ("warn", "skip", "halt", "rollback")

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxobs._src.host.actions import ActionPolicy
 from jaxobs._src.host.alerts import ACTIONS, SEVERITIES, Alert
 
 _SEED_NAMES = (
@@ -242,19 +243,18 @@ class HealthChecker:
             self._layer_logs: dict[str, collections.deque] = {}
             self._ratio: dict[str, collections.deque] = {}
             self._sat: dict[str, collections.deque] = {}
-            self._consecutive_skips = 0
-            self._streak_start: int | None = None
-            self._rollbacks = 0
-            self._count_skips_from = 0
             self._keras_best: float | None = None
             self._best: float | None = None
             self._wait = 0
             self._gl_high = 0
             self._train_losses: list[float] = []
             self._dead_layers_seen: list[str] = []
-            self.halt: Alert | None = None
-            self.rollback: dict[str, Any] | None = None
-            self.last_bad = False
+            self.actions = ActionPolicy(
+                self.action,
+                max_skips=self.max_skips,
+                rollback_after=self.rollback_after,
+                max_rollbacks=self.max_rollbacks,
+            )
 
     def _fire(self, rule: str, layer: str | None, cond: bool, alert: Callable[[], Alert]):
         """Raise ``alert()`` when ``cond`` becomes true; re-arm when it is false again."""
@@ -292,8 +292,9 @@ class HealthChecker:
                 else a
                 for a in found
             ]
-            if self.halt is not None and self.halt.rule in self.severities:
-                self.halt = next((a for a in found if a.rule == self.halt.rule), self.halt)
+            halt = self.actions.halt
+            if halt is not None and halt.rule in self.severities:
+                self.actions.halt = next((a for a in found if a.rule == halt.rule), halt)
             self.alerts.extend(found)
             return found
 
@@ -324,7 +325,6 @@ class HealthChecker:
         if "health/bad" not in values:
             return ()
         bad = values["health/bad"] > 0
-        self.last_bad = bad
         skipped = bad and self.skips_on_device
         out = []
         norm_key = "health/grad_norm" if "health/grad_norm" in values else "health/update_norm"
@@ -403,62 +403,8 @@ class HealthChecker:
                 ),
             )
         )
-        # Consecutive skips: give up, or roll back (steps dispatched before a rollback
-        # landed ran on the old state and do not count).
-        if step < self._count_skips_from:
-            skipped = False
-        if skipped:
-            if self._consecutive_skips == 0:
-                self._streak_start = step
-            self._consecutive_skips += 1
-        else:
-            self._consecutive_skips = 0
-        n = self._consecutive_skips
-        if self.action == "rollback" and n >= self.rollback_after and self.rollback is None:
-            if self._rollbacks >= self.max_rollbacks:
-                out.append(self._give_up(step, f"{self._rollbacks} rollbacks did not help"))
-            else:
-                self._rollbacks += 1
-                self._consecutive_skips = 0
-                self.rollback = {"step": step, "streak_start": self._streak_start}
-                out.append(
-                    Alert(
-                        "rollback",
-                        "danger",
-                        step,
-                        f"{n} consecutive steps skipped since step {self._streak_start}: "
-                        "restoring the last good state "
-                        f"(rollback {self._rollbacks} of at most {self.max_rollbacks}).",
-                        values={"skips": n, "streak_start": self._streak_start},
-                    )
-                )
-        elif self.action in ("skip", "halt") and n >= self.max_skips:
-            out.append(self._give_up(step, f"{n} consecutive steps were skipped"))
-        if self.action == "halt" and bad and self.halt is None:
-            found = [a for a in out if a is not None]
-            if not found:
-                found = [Alert("bad_step", "danger", step, f"step {step} was bad; halting.")]
-                out.extend(found)
-            self.halt = found[0]
+        out.extend(self.actions.judge(step, bad=bad, alerts=[a for a in out if a is not None]))
         return out
-
-    def _give_up(self, step: int, why: str) -> Alert | None:
-        alert = self._fire(
-            "skips_exhausted",
-            None,
-            True,
-            lambda: Alert(
-                "skips_exhausted",
-                "critical",
-                step,
-                f"{why} (since step {self._streak_start}): the state itself is bad, not a "
-                "batch. Halting; restart from a checkpoint with a lower learning rate.",
-                values={"skips": self._consecutive_skips, "rollbacks": self._rollbacks},
-            ),
-        )
-        if alert is not None and self.halt is None:
-            self.halt = alert
-        return alert
 
     def _check_layers(self, step, values, _):
         bad = values.get("health/bad", 0) > 0

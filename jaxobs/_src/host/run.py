@@ -236,12 +236,7 @@ class Run:
         self._start_event: Event | None = None
         self._dispatcher: Dispatcher | None = None
         self._pending: collections.deque[Event] = collections.deque()
-        # Producers that deliver records late (jaxobs.observe) flush here before run_end.
-        self._before_finish: list[Callable[[], Any]] = []
-        # Called with (step, values) after each `log` (the health rules, the flight recorder)
-        # and with (status, error) when the run ends, before run_end is written (crash dumps).
-        self._monitors: list[Callable[[int, dict[str, float]], Any]] = []
-        self._on_end: list[Callable[[str, BaseException | None], Any]] = []
+        self._monitors: list[Any] = []  # see `add_monitor`
         self._monitor_errors: set[int] = set()
         if not enabled:
             return
@@ -344,7 +339,9 @@ class Run:
             self._emit("metrics", step, {"values": converted}, Level.BASIC)
         self._submit_pending()
         for monitor in list(self._monitors):
-            self._call_hook(monitor, step, converted)
+            on_log = getattr(monitor, "on_log", None)
+            if on_log is not None:
+                self._call_hook(on_log, self, step, converted)
 
     def log_histograms(self, histograms: Mapping[str, Any], step: int | None = None) -> None:
         """Record histograms at ``step`` (one ``histograms`` record, level DETAILED).
@@ -371,6 +368,29 @@ class Run:
             step = _check_step(max(self._next_step - 1, 0) if step is None else step)
             self._emit("histograms", step, {"values": converted}, Level.DETAILED)
         self._submit_pending()
+
+    def add_monitor(self, monitor: Any) -> None:
+        """Let ``monitor`` watch what this run records, from now on (once per object).
+
+        A monitor is any object with some of these methods, each called in the thread that
+        caused it (see `Monitor`): ``on_log(run, step, values)`` after every `log` record,
+        ``on_finish(run)`` when `finish` begins (deliver what is still in flight), and
+        ``on_end(run, status, error)`` before ``run_end`` is written. A
+        `jaxobs.HealthChecker` is wrapped in a supervisor that emits its alerts and writes
+        crash dumps. A monitor that raises is reported once; the run goes on.
+        """
+        if any(m is monitor for m in self._monitors):
+            return
+        for name in ("on_log", "on_finish", "on_end"):
+            hook = getattr(monitor, name, None)
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{type(monitor).__name__}.{name} must be callable")
+        self._monitors.append(monitor)
+
+    @property
+    def monitors(self) -> tuple[Any, ...]:
+        """The monitors added with `add_monitor`, in order."""
+        return tuple(self._monitors)
 
     def _call_hook(self, hook: Callable, *args: Any) -> None:
         """Call a monitor; one that raises is reported once and training goes on."""
@@ -569,14 +589,15 @@ class Run:
         global _active
         if not self._finished:
             self._finishing = True
-            for flush in list(self._before_finish):
-                try:
-                    flush()
-                except Exception as e:  # a producer must not keep the run from ending
-                    logger.warning("jaxobs: flushing %r failed: %s", flush, e)
+            for monitor in list(self._monitors):  # producers deliver what is in flight
+                on_finish = getattr(monitor, "on_finish", None)
+                if on_finish is not None:
+                    self._call_hook(on_finish, self)
             if self.enabled:
-                for hook in list(self._on_end):
-                    self._call_hook(hook, status, error)
+                for monitor in list(self._monitors):
+                    on_end = getattr(monitor, "on_end", None)
+                    if on_end is not None:
+                        self._call_hook(on_end, self, status, error)
             if self._dispatcher is not None:  # callbacks may still record while they react
                 self._dispatcher.flush(10.0)
         with self._lock:
