@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["flatten_mapping", "layer_of", "layer_norms", "split_stat_key"]
+__all__ = ["flatten_mapping", "layer_norms", "layer_of", "split_stat_key"]
 
 
 def layer_of(path: str) -> str:
