@@ -1,23 +1,60 @@
-"""The skeleton every tracker bridge shares: live delivery with a marker clock, catch-up of
-skipped records, and the failure policy.
+"""What every tracker bridge shares: `TrackerSink`, the live and replay skeleton.
+
+A tracker bridge is a jaxobs sink (`bind`, `handle_event`, `flush`, `close`) that streams a
+run to an experiment tracker while it trains, and sends a run directory later through
+`TrackerSink.replay` (what `jaxobs sync` runs). The parts that do not depend on the tracker
+live here, once:
+
+- **The marker clock** (`MarkerClock`): which records the destination holds, in a
+  `SyncMarker` saved every few seconds and when the tracker is closed, so that a later sync
+  sends only the rest.
+- **Delivery**: each event goes to the bridge's `_on_<event type>` method, if it has one.
+  Live, the first exception is reported once (with the `jaxobs sync` command that sends the
+  rest later) and the bridge gets nothing more, while training goes on; in a replay it is
+  raised.
+- **The end of a run**: the records a full queue kept from the sinks are read back from
+  `events.jsonl` and sent first, then the tracker writes its last values and is finished.
+- **The sync loop**: the records the marker does not hold yet, in order.
+
+A bridge subclasses `TrackerSink`, names itself with `tracker` and `label`, and implements
+the hooks below; only this base class calls the underscored ones.
+
+| hook              | called                                  | default              |
+| ----------------- | --------------------------------------- | -------------------- |
+| `_start`          | when the run is bound or replayed       | (required)           |
+| `is_open`         | before every event                      | (required)           |
+| `describe`        | for the `tracker` record                | (required)           |
+| `_bound`          | in `bind`, after `_start`               | nothing              |
+| `_marker_info`    | whenever the marker is saved            | `describe()`         |
+| `_end_run`        | at `run_end`, after the catch-up        | nothing              |
+| `_finish_run`     | at `run_end`, last                      | `_close()`           |
+| `_close`          | by `close` (must be idempotent)         | (required)           |
+| `_before_replay`  | in `replay`, before the first event     | nothing              |
+| `_end_replay`     | in `replay`, after the last event       | `close()`            |
+| `_location`       | for the `SyncResult` of `replay`        | None                 |
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import pathlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from jaxobs._src.formats.events import Event
-from jaxobs._src.formats.rundir import events_of
-from jaxobs._src.formats.sync_marker import SyncMarker
+from jaxobs._src.formats.experiment import RunInfo
+from jaxobs._src.formats.rundir import RunRecord, events_of, read_run
+from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
+
+__all__ = ["MarkerClock", "TrackerSink"]
 
 logger = logging.getLogger("jaxobs")
 
 
 class MarkerClock:
-    """Advances a `SyncMarker` for a live sink and saves it every ``every_s`` seconds, so a
+    """Advances a `SyncMarker` for a live sink and saves it every `every_s` seconds, so a
     sync after a crash sends only what the live stream had not sent.
 
     Args:
@@ -35,11 +72,13 @@ class MarkerClock:
         self._saved = time.monotonic()
 
     def tick(self, event: Event, info: Mapping[str, Any] | None = None) -> None:
+        """Count `event` as sent, and save the marker if `every_s` has passed."""
         self.marker.advance(event)
         if time.monotonic() - self._saved >= self.every_s:
             self.save(info)
 
     def save(self, info: Mapping[str, Any] | None = None) -> None:
+        """Write the marker, with `info` about the destination."""
         skipped = self.run.skipped_for_sinks_ns if self.run is not None else []
         sent = self.marker.sent_through_ns
         if skipped and not self.caught_up and sent is not None and sent >= min(skipped):
@@ -54,14 +93,19 @@ class MarkerClock:
         self._saved = time.monotonic()
 
     def catch_up(self, handle: Callable[[Event], Any]) -> int:
-        """Send, through ``handle``, the records the sinks' queue skipped, read back from the
-        run's ``events.jsonl``; returns how many. Call it when the run ends."""
+        """Send the records the sinks' queue skipped, read back from `events.jsonl`.
+
+        Args:
+          handle: Called with each skipped record, in order (not the `run_end` record).
+
+        Returns:
+          How many records were sent.
+        """
         skipped = set(self.run.skipped_for_sinks_ns) if self.run is not None else set()
         sent = 0
         if skipped:
-            from jaxobs._src.formats.rundir import read_run
-
-            for event in events_of(read_run(self.run.dir, _warn=False)):
+            # warn=False: a torn last line is expected while the run is still writing.
+            for event in events_of(read_run(self.run.dir, warn=False)):
                 if event.timestamp_ns in skipped and event.type != "run_end":
                     handle(event)
                     sent += 1
@@ -69,39 +113,185 @@ class MarkerClock:
         return sent
 
 
-def deliver(bridge: Any, event: Event, tracker: str, info: Callable[[], Mapping[str, Any]]) -> None:
-    """Hand ``event`` to ``bridge._on_<event type>`` and count it in the bridge's marker.
+class TrackerSink:
+    """The base of the tracker bridges: marker clock, delivery, failure policy, sync loop.
 
-    The protocol the bridges share: ``bridge._failed``, ``bridge._replaying`` (a sync: errors
-    are raised, not reported), ``bridge._clock`` (a `MarkerClock`) and ``bridge._run_dir``.
-    A live bridge that raises is reported once, with the ``jaxobs sync`` command that sends
-    the rest later, and gets nothing more; training goes on.
+    Subclasses set `tracker` and `label`, implement `_start`, `is_open`, `describe` and
+    `_close`, handle event types with `_on_<event type>(event)` methods, and override the
+    other hooks of the module's table where they need to.
     """
-    if bridge._failed:
-        return
-    method = getattr(bridge, f"_on_{event.type}", None)
-    try:
-        if method is not None:
-            method(event)
-    except Exception as e:
-        if bridge._replaying:
-            raise
-        bridge._failed = True
-        where = bridge._run_dir or "the run directory"
+
+    tracker: ClassVar[str] = ""  # `jaxobs sync --to` name and the marker's file name
+    label: ClassVar[str] = ""  # the tracker's name in messages
+    replay_skips: ClassVar[tuple[str, ...]] = ("tracker",)  # record types a replay leaves out
+
+    def __init__(self) -> None:
+        self._run_dir: pathlib.Path | None = None
+        self._info: RunInfo | None = None
+        self._clock: MarkerClock | None = None
+        self._replaying = False  # a sync: errors are raised, not reported
+        self._failed = False
+        self._ended = False
+
+    # -- hooks
+
+    def _start(self, info: RunInfo, run_dir: pathlib.Path, marker: SyncMarker | None) -> str:
+        """Open the tracker for a run; `marker` is given in a replay.
+
+        Returns:
+          The destination's key in the sync marker.
+        """
+        raise NotImplementedError
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the tracker is open and takes events."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Where this sink sends the run (the `tracker` record's fields)."""
+        raise NotImplementedError
+
+    def _bound(self, run: Any) -> None:
+        """The tracker's part of `bind`, after `_start` and before the `tracker` record."""
+
+    def _marker_info(self) -> dict[str, Any]:
+        return self.describe()
+
+    def _end_run(self, event: Event) -> None:
+        """The tracker's last writes at `run_end`, after the skipped records."""
+
+    def _finish_run(self, event: Event) -> None:
+        """Release the tracker at `run_end` (and save the marker once it holds everything)."""
+        self._close()
+
+    def _close(self) -> None:
+        """Release the tracker, whether the run ended or not; a second call does nothing."""
+        raise NotImplementedError
+
+    def _before_replay(self, record: RunRecord) -> None:
+        """Prepare a replay of `record`, after `_start`."""
+
+    def _end_replay(self, record: RunRecord) -> None:
+        """Finish a replay of `record`, after its last event."""
+        self.close()
+
+    def _location(self, marker: SyncMarker) -> str | None:
+        """Where the tracker wrote (a W&B run directory, a log directory), for `replay`."""
+        return None
+
+    # -- live
+
+    def bind(self, run: Any) -> None:
+        """Open the tracker for the jaxobs `run`; called by `jaxobs.init`."""
+        self._open(run.info, run.dir)
+        if self._clock is not None:
+            self._clock.run = run
+        self._bound(run)
+        run.emit("tracker", **self.describe())
+
+    def _open(self, info: RunInfo, run_dir: str | pathlib.Path, marker: SyncMarker | None = None):
+        self._info, self._run_dir = info, pathlib.Path(run_dir)
+        destination = self._start(info, self._run_dir, marker)
+        if marker is None:
+            marker = SyncMarker(self._run_dir, self.tracker, destination)
+            self._clock = MarkerClock(marker)
+        else:  # a replay saves its marker once, when the tracker has everything
+            self._clock = MarkerClock(marker, every_s=math.inf)
+
+    def handle_event(self, event: Event) -> None:
+        """Send one jaxobs event to the tracker (the dispatcher calls this for every event).
+
+        A live bridge that raises is reported once, with the `jaxobs sync` command that sends
+        the rest later, and gets nothing more; training goes on. In a replay it raises.
+        """
+        if not self.is_open or self._failed:
+            return
+        method = getattr(self, f"_on_{event.type}", None)
+        try:
+            if method is not None:
+                method(event)
+        except Exception as e:
+            if self._replaying:
+                raise
+            self._failed = True
+            self._report(e, event)
+            return
+        if self._clock is not None and event.type != "run_end":
+            self._clock.tick(event, self._marker_info())
+
+    def _report(self, error: Exception, event: Event) -> None:
+        where = self._run_dir or "the run directory"
         logger.warning(
             "jaxobs: %s failed: %s: %s (on %s at step %s). Training goes on and %s is "
             "complete; %s gets nothing more from this run: send the rest later with "
             "`jaxobs sync %s --to %s`",
-            tracker,
-            type(e).__name__,
-            e,
+            self.label,
+            type(error).__name__,
+            error,
             event.type,
             event.step,
             where,
-            tracker,
+            self.label,
             where,
-            bridge.tracker,
+            self.tracker,
         )
-        return
-    if bridge._clock is not None and event.type != "run_end":
-        bridge._clock.tick(event, info())
+
+    def _on_run_end(self, event: Event) -> None:
+        if self._clock is not None:  # what a full queue kept from this sink, from the file
+            self._clock.catch_up(self.handle_event)
+        self._end_run(event)
+        self._ended = True
+        if self._clock is not None:
+            self._clock.marker.advance(event)
+        self._finish_run(event)
+
+    def _save_marker(self, info: Mapping[str, Any] | None = None) -> None:
+        """Save the marker now (with `info`, by default `_marker_info()`)."""
+        if self._clock is not None:
+            self._clock.save(self._marker_info() if info is None else info)
+
+    def close(self) -> None:
+        """Release the tracker (the run ended, or the run's dispatcher is shutting down).
+
+        Live, a failure is reported and never raised; in a replay it raises.
+        """
+        try:
+            self._close()
+        except Exception as e:
+            if self._replaying:
+                raise
+            logger.warning("jaxobs: closing %s failed: %s: %s", self.label, type(e).__name__, e)
+
+    # -- later
+
+    def replay(self, record: RunRecord, marker: SyncMarker) -> SyncResult:
+        """Send the records of `record` that `marker`'s destination lacks, in order (a sync).
+
+        Errors are raised, not reported. The marker is saved when the tracker has them all,
+        so running it twice sends nothing the second time.
+
+        Args:
+          record: The run directory, read with `read_run`.
+          marker: The destination's marker.
+
+        Returns:
+          What was sent.
+        """
+        after = marker.sent_through_ns
+        events = [e for e in events_of(record, after) if e.type not in self.replay_skips]
+        if events:
+            self._replaying = True
+            self._open(record.info, record.dir, marker)
+            self._before_replay(record)
+            for event in events:
+                self.handle_event(event)
+            self._end_replay(record)
+        return SyncResult(
+            self.tracker,
+            marker.destination,
+            len(events),
+            marker.last_step,
+            self._location(marker),
+            record.status,
+        )

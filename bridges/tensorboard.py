@@ -1,29 +1,33 @@
 """TensorBoard bridge (through tensorboardX): event files for a jaxobs run, live or later.
 
-Live::
+Live:
 
-    from jaxobs.bridges.tensorboard import TensorBoardSink
+```python
+from jaxobs.bridges.tensorboard import TensorBoardSink
 
-    run = jaxobs.init("digits", sinks=[TensorBoardSink()])  # <run dir>/tensorboard/
+run = jaxobs.init("digits", sinks=[TensorBoardSink()])  # <run dir>/tensorboard/
+```
 
-Later::
+Later:
 
-    jaxobs sync runs/digits/<run id> --to tensorboard [--logdir D]
+```sh
+jaxobs sync runs/digits/<run id> --to tensorboard [--logdir D]
+```
 
 What the event files hold:
 
-- scalars: every ``metrics`` record, at its step and with its wall time;
-- histograms (`jaxobs.Run.log_histograms`, ``observe(histograms=N)``), with their exact
+- scalars: every `metrics` record, at its step and with its wall time;
+- histograms (`jaxobs.Run.log_histograms`, `observe(histograms=N)`), with their exact
   bins, count, sum and sum of squares;
-- text: the config (``config``), health alerts (``health/alerts``) and notes (``notes``);
-  alerts also as ``health/alert/<rule>`` scalars (1 info, 2 warning, 3 danger, 4 critical);
-- an image: the crash dump's failure-signature plot (``health/failure_signature``);
-- hparams, written when the run ends into the fixed sub-directory ``hparams/``: the config's
-  scalar values with the final value of every ``train/*``, ``val/*``, ``test/*`` and
-  ``eval/*`` metric.
+- text: the config (`config`), health alerts (`health/alerts`) and notes (`notes`);
+  alerts also as `health/alert/<rule>` scalars (1 info, 2 warning, 3 danger, 4 critical);
+- an image: the crash dump's failure-signature plot (`health/failure_signature`);
+- hparams, written when the run ends into the fixed sub-directory `hparams/`: the config's
+  scalar values with the final value of every `train/*`, `val/*`, `test/*` and
+  `eval/*` metric.
 
-TensorBoard's ``flush()`` is not a barrier; ``close()`` is, and the sink closes its writer
-when the run ends. A failure is reported once and never stops training; ``jaxobs sync``
+TensorBoard's `flush()` is not a barrier; `close()` is, and the sink closes its writer
+when the run ends. A failure is reported once and never stops training; `jaxobs sync`
 writes what the live stream had not.
 """
 
@@ -32,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import math
 import os
 import pathlib
@@ -41,17 +44,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from jaxobs._src.device.keys import flatten_mapping
 from jaxobs._src.formats.events import Event
 from jaxobs._src.formats.experiment import RunInfo
-from jaxobs._src.formats.rundir import events_of, read_run
+from jaxobs._src.formats.rundir import RunRecord, read_run
 from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
-from jaxobs.bridges._tracker import MarkerClock, deliver
+from jaxobs._src.host.alerts import SEVERITY_CODE
+from jaxobs.bridges._tracker import TrackerSink
 
 __all__ = ["TensorBoardSink", "sync"]
 
-logger = logging.getLogger("jaxobs")
-
-SEVERITY_CODE = {"info": 1, "warning": 2, "danger": 3, "critical": 4}
 HPARAMS_DIR = "hparams"
 _FINAL_PREFIXES = ("train/", "val/", "test/", "eval/")
 
@@ -79,28 +81,23 @@ def _hparam_value(value: Any) -> bool | int | float | str:
     return json.dumps(value, sort_keys=True)
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = _hparam_value(value)
-    return out
+def _hparams(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """The config as TensorBoard hparams: `.`-joined keys, non-scalars as JSON text."""
+    return {k: _hparam_value(v) for k, v in flatten_mapping(config, sep=".").items()}
 
 
-class TensorBoardSink:
+class TensorBoardSink(TrackerSink):
     """A jaxobs sink that writes TensorBoard event files with tensorboardX.
 
     Args:
-      logdir: Where the event files go (default: ``<run dir>/tensorboard``).
+      logdir: Where the event files go (default: `<run dir>/tensorboard`).
       histograms: Write histograms (default True).
       hparams: Write the hparams summary when the run ends (default True).
       flush_secs: How often tensorboardX writes to disk (the run's end always does).
     """
 
     tracker = "tensorboard"
+    label = "TensorBoard"
 
     def __init__(
         self,
@@ -110,33 +107,33 @@ class TensorBoardSink:
         hparams: bool = True,
         flush_secs: int = 10,
     ):
+        super().__init__()
         self.logdir = pathlib.Path(logdir) if logdir is not None else None
         self.histograms = histograms
         self.hparams = hparams
         self.flush_secs = flush_secs
         self.writer: Any = None
-        self._run_dir: pathlib.Path | None = None
-        self._info: RunInfo | None = None
-        self._clock: MarkerClock | None = None
-        self._replaying = False
-        self._failed = False
-        self._ended = False
         self._final: dict[str, float] = {}
         self._config: dict[str, Any] = {}
 
     # -- starting
 
-    def bind(self, run: Any) -> None:
-        """Open the writer for the jaxobs ``run``; called by `jaxobs.init`."""
-        self._open(run.info, run.dir)
-        self._clock.run = run
-        run.emit("tracker", tracker="tensorboard", logdir=str(self.logdir))
+    @property
+    def is_open(self) -> bool:
+        """Whether the writer is open (from `bind` until the run ends)."""
+        return self.writer is not None
 
-    def _open(self, info: RunInfo, run_dir: pathlib.Path) -> None:
+    def describe(self) -> dict[str, Any]:
+        """Where this sink writes: tracker and log directory."""
+        return {"tracker": "tensorboard", "logdir": str(self.logdir)}
+
+    def _marker_info(self) -> dict[str, Any]:
+        return {"logdir": str(self.logdir)}
+
+    def _start(self, info: RunInfo, run_dir: pathlib.Path, marker: SyncMarker | None) -> str:
         tbx = _tensorboardx()
-        self._info, self._run_dir = info, pathlib.Path(run_dir)
         if self.logdir is None:
-            self.logdir = self._run_dir / "tensorboard"
+            self.logdir = run_dir / "tensorboard"
         self.logdir = self.logdir.absolute()
         self.logdir.mkdir(parents=True, exist_ok=True)
         # A unique suffix: two writers opened in the same second never share a file.
@@ -145,16 +142,9 @@ class TensorBoardSink:
             str(self.logdir), flush_secs=self.flush_secs, filename_suffix=suffix
         )
         self._config = dict(info.config)
-        self._clock = MarkerClock(
-            SyncMarker(self._run_dir, self.tracker, _destination(self.logdir, self._run_dir))
-        )
+        return _destination(self.logdir, run_dir)
 
     # -- events
-
-    def handle_event(self, event: Event) -> None:
-        """Write one jaxobs event (the dispatcher calls this for every event)."""
-        if self.writer is not None:
-            deliver(self, event, "TensorBoard", lambda: {"logdir": str(self.logdir)})
 
     @staticmethod
     def _when(event: Event) -> dict[str, Any]:
@@ -191,7 +181,9 @@ class TensorBoardSink:
         self._add_summary(Summary(value=values), **self._when(event))
 
     def _add_summary(self, summary: Any, global_step: int, walltime: float) -> None:
-        self.writer._get_file_writer().add_summary(summary, global_step, walltime)
+        # `file_writer` is the SummaryWriter's public FileWriter; tensorboardX sets it to None
+        # only in close(), and this sink drops its writer when it closes it.
+        self.writer.file_writer.add_summary(summary, global_step, walltime)
 
     def _on_epoch_end(self, event: Event) -> None:
         when = self._when(event)
@@ -252,37 +244,35 @@ class TensorBoardSink:
     def _on_note(self, event: Event) -> None:
         self.writer.add_text("notes", str(event.data.get("text", "")), **self._when(event))
 
-    def _on_run_end(self, event: Event) -> None:
-        if self._clock is not None:  # what a full queue kept from this sink, from the file
-            self._clock.catch_up(self.handle_event)
-        self._ended = True
-        if self._clock is not None:
-            self._clock.marker.advance(event)
+    # -- ending
+
+    def _end_run(self, event: Event) -> None:
         if self.hparams:
-            hparams = _flatten(self._config) or {"run_id": self._info.run_id}
+            hparams = _hparams(self._config) or {"run_id": self._info.run_id}
             metrics = dict(self._final)
             self.writer.add_hparams(hparams, metrics, name=HPARAMS_DIR, global_step=event.step)
-        self._close()
 
     def _close(self) -> None:
+        """Close the writer (the run ended, or the run's dispatcher is shutting down)."""
         writer, self.writer = self.writer, None
         if writer is not None:
             writer.close()
-            if self._clock is not None:  # after close: what the marker says is on disk, is
-                self._clock.save({"logdir": str(self.logdir)})
+            self._save_marker()  # after close: what the marker says is on disk, is
 
     def flush(self) -> None:
+        """Hand what the writer holds to the event file (not a barrier: `close` is)."""
         if self.writer is not None and not self._failed:
             self.writer.flush()
 
-    def close(self) -> None:
-        """Close the writer (the run ended, or the run's dispatcher is shutting down)."""
-        try:
-            self._close()
-        except Exception as e:
-            if self._replaying:
-                raise
-            logger.warning("jaxobs: closing TensorBoard failed: %s: %s", type(e).__name__, e)
+    def _before_replay(self, record: RunRecord) -> None:
+        self._config = dict(record.info.config)  # every config update applied
+        for key, curve in record.log.history.curves.items():  # hparams: the final values
+            finite = [v for v in curve.values if math.isfinite(v)]
+            if key.startswith(_FINAL_PREFIXES) and finite:
+                self._final[key] = finite[-1]
+
+    def _location(self, marker: SyncMarker) -> str | None:
+        return str(self.logdir)
 
 
 def _destination(logdir: pathlib.Path, run_dir: pathlib.Path) -> str:
@@ -300,7 +290,10 @@ def sync(run_dir: str | os.PathLike, *, logdir: str | os.PathLike | None = None)
 
     Args:
       run_dir: A jaxobs run directory.
-      logdir: Where to write (default: ``<run_dir>/tensorboard``).
+      logdir: Where to write (default: `<run_dir>/tensorboard`).
+
+    Returns:
+      What was written, and the log directory.
 
     Raises:
       jaxobs.RunDirError: not a run directory.
@@ -312,24 +305,6 @@ def sync(run_dir: str | os.PathLike, *, logdir: str | os.PathLike | None = None)
         if logdir is not None
         else record.dir.absolute() / "tensorboard"
     )
-    marker = SyncMarker(record.dir, TensorBoardSink.tracker, _destination(target, record.dir))
-    events = [e for e in events_of(record, marker.sent_through_ns) if e.type != "tracker"]
-    if not events:
-        return SyncResult(
-            "tensorboard", marker.destination, 0, marker.last_step, str(target), record.status
-        )
     sink = TensorBoardSink(target)
-    sink._replaying = True
-    sink._open(record.info, record.dir)
-    sink._config = dict(record.info.config)  # every config update applied
-    for key, curve in record.log.history.curves.items():  # hparams: the run's final values
-        finite = [v for v in curve.values if math.isfinite(v)]
-        if key.startswith(_FINAL_PREFIXES) and finite:
-            sink._final[key] = finite[-1]
-    sink._clock = MarkerClock(marker, every_s=math.inf)
-    for event in events:
-        sink.handle_event(event)
-    sink.close()
-    return SyncResult(
-        "tensorboard", marker.destination, len(events), marker.last_step, str(target), record.status
-    )
+    marker = SyncMarker(record.dir, sink.tracker, _destination(target, record.dir))
+    return sink.replay(record, marker)

@@ -1,36 +1,42 @@
 """Weights & Biases bridge: stream a jaxobs run to W&B live, or send a run directory later.
 
-Live::
+Live:
 
-    from jaxobs.bridges.wandb import WandbSink
+```python
+from jaxobs.bridges.wandb import WandbSink
 
-    run = jaxobs.init("digits", config=defaults, sinks=[WandbSink()])
-    config = run.config  # under a sweep agent: the sweep's values
+run = jaxobs.init("digits", config=defaults, sinks=[WandbSink()])
+config = run.config  # under a sweep agent: the sweep's values
+```
 
-Later (offline machines, a crashed run, a stream that failed)::
+Later (offline machines, a crashed run, a stream that failed):
 
-    jaxobs sync runs/digits/<run id> --to wandb            # or sync(run_dir) from Python
+```sh
+jaxobs sync runs/digits/<run id> --to wandb            # or sync(run_dir) from Python
+```
 
 What a W&B run receives:
 
-- every ``metrics`` record as one ``run.log`` row with its own ``trainer/step`` (and the
-  record's time as ``_timestamp``); ``define_metric("*", step_metric="trainer/step")`` makes
-  that the x-axis, and ``step=`` is never passed, so late validation rows and replays are
+- every `metrics` record as one `run.log` row with its own `trainer/step` (and the
+  record's time as `_timestamp`); `define_metric("*", step_metric="trainer/step")` makes
+  that the x-axis, and `step=` is never passed, so late validation rows and replays are
   never dropped;
-- best values in ``run.summary``: ``min`` for keys ending in ``loss``, ``max`` for keys with
-  ``acc`` in their last part, and whatever ``summary=`` says;
-- histograms (`jaxobs.Run.log_histograms`, ``observe(histograms=N)``) as `wandb.Histogram`;
-- health alerts as ``health/alert/<rule>`` scalars (1 info, 2 warning, 3 danger, 4 critical)
-  and a ``health/alerts`` table; critical ones through ``wandb.alert`` if ``alerts=True``;
+- best values in `run.summary`: `min` or `max` where the metric's name says which is
+  better (the rule of `jaxobs show`: `train/loss`, `val/error_rate` and
+  `perf/step_time_s` are minimised, `val/accuracy` and `eval/f1` maximised), and whatever
+  `summary=` says;
+- histograms (`jaxobs.Run.log_histograms`, `observe(histograms=N)`) as `wandb.Histogram`;
+- health alerts as `health/alert/<rule>` scalars (1 info, 2 warning, 3 danger, 4 critical)
+  and a `health/alerts` table; critical ones through `wandb.alert` if `alerts=True`;
 - the crash dump's failure-signature plot as an image, and files attached to the run
-  (``trainlog.json`` at the end, crash dumps, checkpoints) as artifacts;
+  (`trainlog.json` at the end, crash dumps, checkpoints) as artifacts;
 - the run's config at init; config updates as they happen.
 
 Values reach the bridge as host numbers on the run's dispatch thread: W&B never makes the
 training loop wait. A W&B failure (wandb not installed, an init error, an exception in a
 log call) is reported once and never stops training; the run directory stays complete and
-``jaxobs sync`` sends it later, starting after what the live stream had sent (see
-`jaxobs.replay`).
+`jaxobs sync` sends it later, starting after what the live stream had sent (the sync
+marker, `<run dir>/sync/wandb.json`).
 """
 
 from __future__ import annotations
@@ -38,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import netrc
 import os
 import pathlib
@@ -46,19 +51,21 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from jaxobs._src.analysis.summary import direction
 from jaxobs._src.formats.events import Event
 from jaxobs._src.formats.experiment import RunInfo
-from jaxobs._src.formats.rundir import events_of, read_run
+from jaxobs._src.formats.rundir import RunRecord, read_run
 from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
-from jaxobs.bridges._tracker import MarkerClock, deliver
+from jaxobs._src.host.alerts import SEVERITY_CODE
+from jaxobs.bridges._tracker import TrackerSink
 
 __all__ = ["WandbSink", "sync"]
 
 logger = logging.getLogger("jaxobs")
 
 STEP_KEY = "trainer/step"
-SEVERITY_CODE = {"info": 1, "warning": 2, "danger": 3, "critical": 4}
 _ARTIFACT_TYPES = {"crash_dump": "crash", "checkpoint": "model", "image": "image"}
+_GOALS = ("min", "max", "mean", "last", "best", "none")
 # The W&B data dir we set for the previous run: a value the user set is never replaced.
 _data_dir_set: str | None = None
 
@@ -84,51 +91,55 @@ def _has_credentials() -> bool:
 
 
 def _wandb_id(run_id: str) -> str:
-    """A jaxobs run id as a W&B run id (which allows letters, digits, ``-``, ``_``, ``.``)."""
+    """A jaxobs run id as a W&B run id (which allows letters, digits, `-`, `_`, `.`)."""
     return re.sub(r"[^A-Za-z0-9._-]", "-", run_id)[:64]
 
 
-def _summary_goal(key: str) -> str | None:
-    last = key.rsplit("/", 1)[-1].lower()
-    if last.endswith("loss"):
-        return "min"
-    if "acc" in last:
-        return "max"
-    return None
+def _stage_data_dir(run_dir: pathlib.Path) -> None:
+    """Stage W&B artifacts inside the run directory, unless the user chose a data dir."""
+    global _data_dir_set
+    data_dir = str(run_dir / "wandb" / "data")
+    if os.environ.get("WANDB_DATA_DIR") in (None, "", _data_dir_set):
+        os.environ["WANDB_DATA_DIR"] = _data_dir_set = data_dir
 
 
-class WandbSink:
+class WandbSink(TrackerSink):
     """A jaxobs sink that streams a run to Weights & Biases.
 
-    Pass it to `jaxobs.init` (``sinks=[WandbSink()]``) or to `jaxobs.Run.add_sink`. When the
-    run starts, the sink adopts the active ``wandb.run`` if there is one (and leaves
+    Pass it to `jaxobs.init` (`sinks=[WandbSink()]`) or to `jaxobs.Run.add_sink`. When the
+    run starts, the sink adopts the active `wandb.run` if there is one (and leaves
     finishing it to you), else starts one from the jaxobs run's project, name, config, tags,
-    group and directory. It honours ``WANDB_MODE``, ``WANDB_DIR``, ``WANDB_PROJECT`` and
-    ``WANDB_RUN_ID``, and sets ``WANDB_DATA_DIR`` inside the run directory (unless you set
+    group and directory. It honours `WANDB_MODE`, `WANDB_DIR`, `WANDB_PROJECT` and
+    `WANDB_RUN_ID`, and sets `WANDB_DATA_DIR` inside the run directory (unless you set
     it) so that artifacts are staged with the run.
 
     Under a W&B sweep agent, the sweep's hyperparameters override the config's defaults in
-    W&B; the sink copies them back into the jaxobs run's config (a ``config_update``
-    record), so ``run.config`` holds the values the trial really uses.
+    W&B; the sink copies them back into the jaxobs run's config (a `config_update`
+    record), so `run.config` holds the values the trial really uses.
 
     Args:
-      project: W&B project (default: ``WANDB_PROJECT``, else the jaxobs project).
+      project: W&B project (default: `WANDB_PROJECT`, else the jaxobs project).
       entity: W&B entity (team or user).
-      id: W&B run id (default: ``WANDB_RUN_ID``, else the jaxobs run id).
-      mode: ``"online"``, ``"offline"`` or ``"disabled"`` (default: ``WANDB_MODE``, else
+      id: W&B run id (default: `WANDB_RUN_ID`, else the jaxobs run id).
+      mode: `"online"`, `"offline"` or `"disabled"` (default: `WANDB_MODE`, else
         online when W&B credentials are configured and offline otherwise).
-      dir: Where W&B writes its ``wandb/`` folder (default: ``WANDB_DIR``, else the jaxobs
+      dir: Where W&B writes its `wandb/` folder (default: `WANDB_DIR`, else the jaxobs
         run directory).
-      summary: ``{metric: "min" | "max" | "mean" | "last"}`` for ``run.summary``, on top of
-        the defaults (``min`` for losses, ``max`` for accuracies).
+      summary: `{metric: "min" | "max" | "mean" | "last"}` for `run.summary`, on top of
+        the defaults (`min` for losses, errors and times, `max` for accuracies and scores).
       histograms: Send histograms (default True).
-      artifacts: Log attached files (crash dumps, checkpoints, ``trainlog.json``) as W&B
+      artifacts: Log attached files (crash dumps, checkpoints, `trainlog.json`) as W&B
         artifacts (default True).
-      alerts: Also send critical health alerts through ``wandb.alert`` (default False).
-      init_kwargs: More arguments for ``wandb.init`` (``job_type``, ``notes``, ``settings``).
+      alerts: Also send critical health alerts through `wandb.alert` (default False).
+      init_kwargs: More arguments for `wandb.init` (`job_type`, `notes`, `settings`).
+
+    Raises:
+      ValueError: an unknown `mode` or `summary` goal.
     """
 
     tracker = "wandb"
+    label = "W&B"
+    replay_skips = ("run_start", "tracker")
 
     def __init__(
         self,
@@ -144,12 +155,12 @@ class WandbSink:
         alerts: bool = False,
         init_kwargs: Mapping[str, Any] | None = None,
     ):
+        super().__init__()
         if mode not in (None, "online", "offline", "disabled"):
             raise ValueError(f"mode must be 'online', 'offline' or 'disabled', got {mode!r}")
-        goals = ("min", "max", "mean", "last", "best", "none")
-        bad = {k: v for k, v in dict(summary or {}).items() if v not in goals}
+        bad = {k: v for k, v in dict(summary or {}).items() if v not in _GOALS}
         if bad:
-            raise ValueError(f"summary: unknown goals {bad}; choose from {list(goals)}")
+            raise ValueError(f"summary: unknown goals {bad}; choose from {list(_GOALS)}")
         self.project = project
         self.entity = entity
         self.id = id
@@ -163,22 +174,19 @@ class WandbSink:
         self.wandb_run: Any = None  # the W&B run, once started or adopted
         self.sweep_id: str | None = None
         self._owns = False
-        self._replaying = False  # a sync: errors are raised, not reported
-        self._failed = False
-        self._run_dir: pathlib.Path | None = None
-        self._info: RunInfo | None = None
-        self._clock: MarkerClock | None = None
         self._defined: set[str] = set()
         self._alert_rows: list[list[Any]] = []
-        self._ended = False
         self._described: dict[str, Any] | None = None
 
     # -- starting
 
-    def bind(self, run: Any) -> None:
-        """Start (or adopt) the W&B run for the jaxobs ``run``; called by `jaxobs.init`."""
-        wrun = self._open(run.info, run.dir)
-        self._clock.run = run
+    @property
+    def is_open(self) -> bool:
+        """Whether a W&B run was started or adopted."""
+        return self.wandb_run is not None
+
+    def _bound(self, run: Any) -> None:
+        wrun = self.wandb_run
         config = {k: v for k, v in dict(wrun.config).items() if not k.startswith("_")}
         mine = run.config
         changed = {k: v for k, v in config.items() if k not in mine or mine[k] != v}
@@ -187,74 +195,21 @@ class WandbSink:
         missing = {k: v for k, v in mine.items() if k not in config}
         if missing and not self._owns:  # an adopted run learns the jaxobs config
             wrun.config.update(missing)
-        run.emit("tracker", **self.describe())
 
     def describe(self) -> dict[str, Any]:
         """Where this sink sends the run: tracker, project, id, mode, directory, sweep."""
         if self._described is None:
-            self._described = self._describe()
+            self._described = _describe(self.wandb_run, self.sweep_id)
         return dict(self._described)
 
-    def _describe(self) -> dict[str, Any]:
-        wrun = self.wandb_run
-        settings = getattr(wrun, "settings", None)
-        mode = getattr(settings, "mode", None)
-        return {
-            "tracker": "wandb",
-            "project": getattr(wrun, "project", None),
-            "entity": getattr(wrun, "entity", None) or None,
-            "id": getattr(wrun, "id", None),
-            "name": getattr(wrun, "name", None),
-            "mode": mode,
-            "dir": str(getattr(settings, "sync_dir", "") or "") or None,
-            "url": _safe_url(wrun) if mode == "online" else None,
-            "sweep_id": self.sweep_id,
-        }
-
-    def _open(self, info: RunInfo, run_dir: pathlib.Path, resume: str | None = None) -> Any:
-        global _data_dir_set
+    def _start(self, info: RunInfo, run_dir: pathlib.Path, marker: SyncMarker | None) -> str:
         wandb = _wandb()
-        self._info, self._run_dir = info, pathlib.Path(run_dir)
         if wandb.run is not None and not self._replaying:
             wrun, self._owns = wandb.run, False
         else:
-            data_dir = str(self._run_dir / "wandb" / "data")
-            if os.environ.get("WANDB_DATA_DIR") in (None, "", _data_dir_set):
-                os.environ["WANDB_DATA_DIR"] = _data_dir_set = data_dir
-            kwargs: dict[str, Any] = {
-                "project": self.project,
-                "entity": self.entity,
-                "name": info.name,
-                "config": dict(info.config),
-                "tags": list(info.tags) or None,
-                "group": info.group or None,
-                "dir": os.fspath(self.dir) if self.dir else None,
-            }
-            if not kwargs["project"] and not os.environ.get("WANDB_PROJECT"):
-                kwargs["project"] = info.project
-            if self.dir is None and not os.environ.get("WANDB_DIR"):
-                kwargs["dir"] = str(self._run_dir)
-            if self.id is not None:
-                kwargs["id"] = self.id
-            elif not os.environ.get("WANDB_RUN_ID"):
-                kwargs["id"] = _wandb_id(info.run_id)
-            mode = self.mode or os.environ.get("WANDB_MODE") or None
-            if mode is None and not _has_credentials():
-                mode = "offline"
-                logger.info(
-                    "jaxobs: no W&B credentials found, so W&B writes an offline run in %s; "
-                    "upload it later with `wandb sync`",
-                    kwargs["dir"] or os.environ.get("WANDB_DIR"),
-                )
-            if mode is not None:
-                kwargs["mode"] = mode
-            if resume is not None:
-                kwargs["resume"] = resume
-            if self._replaying:  # never finish a W&B run the caller has open; we report
-                kwargs["reinit"] = "create_new"
-                kwargs.setdefault("settings", wandb.Settings(silent=True))
-            kwargs.update(self.init_kwargs)
-            kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            _stage_data_dir(run_dir)
+            resume = "allow" if marker is not None and marker.sent_through_ns is not None else None
+            kwargs = _init_kwargs(self, wandb, info, run_dir, resume, self._replaying)
             if kwargs.get("dir"):
                 pathlib.Path(kwargs["dir"]).mkdir(parents=True, exist_ok=True)
             wrun, self._owns = wandb.init(**kwargs), True
@@ -262,16 +217,9 @@ class WandbSink:
         self.sweep_id = getattr(wrun, "sweep_id", None) or os.environ.get("WANDB_SWEEP_ID")
         wrun.define_metric(STEP_KEY)
         wrun.define_metric("*", step_metric=STEP_KEY)
-        destination = f"{wrun.project}/{wrun.id}"
-        self._clock = MarkerClock(SyncMarker(self._run_dir, self.tracker, destination))
-        return wrun
+        return f"{wrun.project}/{wrun.id}"
 
     # -- events
-
-    def handle_event(self, event: Event) -> None:
-        """Send one jaxobs event to W&B (the dispatcher calls this for every event)."""
-        if self.wandb_run is not None:
-            deliver(self, event, "W&B", self.describe)
 
     def _log(self, event: Event, row: dict[str, Any]) -> None:
         row[STEP_KEY] = event.step if event.step is not None else 0
@@ -283,7 +231,7 @@ class WandbSink:
         for key in values:
             if key not in self._defined:
                 self._defined.add(key)
-                goal = self.summary.get(key) or _summary_goal(key)
+                goal = self.summary.get(key) or direction(key)
                 if goal is not None:
                     self.wandb_run.define_metric(key, step_metric=STEP_KEY, summary=goal)
         self._log(event, values)
@@ -345,23 +293,11 @@ class WandbSink:
         self._log_artifact(str(record.get("name", path.name)), kind, paths, record)
 
     def _log_artifact(self, name: str, kind: str, paths: list, meta: Mapping[str, Any]) -> None:
-        wandb = _wandb()
         present = [pathlib.Path(p) for p in paths if pathlib.Path(p).exists()]
         if not present:
             logger.warning("jaxobs: W&B artifact %r: %s is missing; not sent", name, paths[0])
             return
-        artifact = wandb.Artifact(
-            name=_wandb_id(f"{self._info.run_id}-{name}"),
-            type=_ARTIFACT_TYPES.get(kind, kind),
-            description=str(meta.get("description") or "") or None,
-            metadata={"jaxobs_name": name, "jaxobs_kind": kind, "run_id": self._info.run_id},
-        )
-        for p in present:
-            if p.is_dir():
-                artifact.add_dir(str(p), name=p.name)
-            else:
-                artifact.add_file(str(p), name=p.name)
-        self.wandb_run.log_artifact(artifact)
+        self.wandb_run.log_artifact(_artifact(self._info.run_id, name, kind, present, meta))
 
     def _on_config_update(self, event: Event) -> None:
         current = dict(self.wandb_run.config)
@@ -375,9 +311,9 @@ class WandbSink:
         notes = self.wandb_run.notes or ""
         self.wandb_run.notes = (notes + "\n" if notes else "") + str(event.data.get("text", ""))
 
-    def _on_run_end(self, event: Event) -> None:
-        if self._clock is not None:  # what a full queue kept from this sink, from the file
-            self._clock.catch_up(self.handle_event)
+    # -- ending
+
+    def _end_run(self, event: Event) -> None:
         status = str(event.data.get("status", "finished"))
         summary = self.wandb_run.summary
         summary["jaxobs/status"] = status
@@ -386,37 +322,42 @@ class WandbSink:
         trainlog = self._run_dir / "trainlog.json"
         if self.artifacts and trainlog.is_file():
             self._log_artifact("trainlog", "trainlog", [trainlog], {"description": status})
-        self._ended = True
-        if self._clock is not None:
-            self._clock.marker.advance(event)
+
+    def _finish_run(self, event: Event) -> None:
         if self._owns:
+            status = str(event.data.get("status", "finished"))
             self._finish(0 if status == "finished" else 1)
 
     def _finish(self, exit_code: int) -> None:
         wrun, self._owns = self.wandb_run, False
         info = self.describe()
         wrun.finish(exit_code=exit_code)
-        if self._clock is not None:  # after finish: what the marker says W&B has, it has
-            self._clock.save(info)
+        self._save_marker(info)  # after finish: what the marker says W&B has, it has
 
     def flush(self) -> None:
-        if self._clock is not None and not self._failed:
-            self._clock.save(self.describe())
+        """Save the marker (W&B has what it was given)."""
+        if not self._failed:
+            self._save_marker()
 
-    def close(self) -> None:
-        """Finish the W&B run if this sink started it (the run ended without ``run_end``)."""
+    def _close(self) -> None:
+        """Finish the W&B run if this sink started it (the run ended without `run_end`)."""
         if self.wandb_run is None:
             return
-        if self._clock is not None and not self._ended:
+        if not self._ended:
             with contextlib.suppress(Exception):
-                self._clock.save(self.describe())
+                self._save_marker()
         if self._owns:
-            try:
-                self._finish(1 if not self._ended else 0)
-            except Exception as e:
-                if self._replaying:
-                    raise
-                logger.warning("jaxobs: W&B finish failed: %s: %s", type(e).__name__, e)
+            self._finish(1 if not self._ended else 0)
+
+    def _end_replay(self, record: RunRecord) -> None:
+        if record.status == "incomplete":
+            self.wandb_run.summary["jaxobs/status"] = "incomplete"
+        self.describe()  # where W&B wrote, kept for the result once the run is finished
+        if self._owns:  # a run that never ended: no run_end record finished it
+            self._finish(0)
+
+    def _location(self, marker: SyncMarker) -> str | None:
+        return self.describe().get("dir") if self.wandb_run is not None else marker.info.get("dir")
 
 
 _MISSING = object()
@@ -427,6 +368,84 @@ def _safe_url(wrun: Any) -> str | None:
         return wrun.url or None
     except Exception:
         return None
+
+
+def _describe(wrun: Any, sweep_id: str | None) -> dict[str, Any]:
+    """The `tracker` record of a W&B run (also the marker's info about its destination)."""
+    settings = getattr(wrun, "settings", None)
+    mode = getattr(settings, "mode", None)
+    return {
+        "tracker": "wandb",
+        "project": getattr(wrun, "project", None),
+        "entity": getattr(wrun, "entity", None) or None,
+        "id": getattr(wrun, "id", None),
+        "name": getattr(wrun, "name", None),
+        "mode": mode,
+        "dir": str(getattr(settings, "sync_dir", "") or "") or None,
+        "url": _safe_url(wrun) if mode == "online" else None,
+        "sweep_id": sweep_id,
+    }
+
+
+def _init_kwargs(
+    sink: WandbSink,
+    wandb: Any,
+    info: RunInfo,
+    run_dir: pathlib.Path,
+    resume: str | None,
+    replaying: bool,
+) -> dict[str, Any]:
+    """The arguments of `wandb.init` for a run that `sink` starts."""
+    kwargs: dict[str, Any] = {
+        "project": sink.project,
+        "entity": sink.entity,
+        "name": info.name,
+        "config": dict(info.config),
+        "tags": list(info.tags) or None,
+        "group": info.group or None,
+        "dir": os.fspath(sink.dir) if sink.dir else None,
+    }
+    if not kwargs["project"] and not os.environ.get("WANDB_PROJECT"):
+        kwargs["project"] = info.project
+    if sink.dir is None and not os.environ.get("WANDB_DIR"):
+        kwargs["dir"] = str(run_dir)
+    if sink.id is not None:
+        kwargs["id"] = sink.id
+    elif not os.environ.get("WANDB_RUN_ID"):
+        kwargs["id"] = _wandb_id(info.run_id)
+    mode = sink.mode or os.environ.get("WANDB_MODE") or None
+    if mode is None and not _has_credentials():
+        mode = "offline"
+        logger.info(
+            "jaxobs: no W&B credentials found, so W&B writes an offline run in %s; "
+            "upload it later with `wandb sync`",
+            kwargs["dir"] or os.environ.get("WANDB_DIR"),
+        )
+    kwargs["mode"] = mode
+    kwargs["resume"] = resume
+    if replaying:  # never finish a W&B run the caller has open; we report
+        kwargs["reinit"] = "create_new"
+        kwargs.setdefault("settings", wandb.Settings(silent=True))
+    kwargs.update(sink.init_kwargs)
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _artifact(
+    run_id: str, name: str, kind: str, paths: list[pathlib.Path], meta: Mapping[str, Any]
+) -> Any:
+    """A `wandb.Artifact` of the files and folders `paths` (which exist)."""
+    artifact = _wandb().Artifact(
+        name=_wandb_id(f"{run_id}-{name}"),
+        type=_ARTIFACT_TYPES.get(kind, kind),
+        description=str(meta.get("description") or "") or None,
+        metadata={"jaxobs_name": name, "jaxobs_kind": kind, "run_id": run_id},
+    )
+    for p in paths:
+        if p.is_dir():
+            artifact.add_dir(str(p), name=p.name)
+        else:
+            artifact.add_file(str(p), name=p.name)
+    return artifact
 
 
 # ----------------------------------------------------------------------------- sync
@@ -442,20 +461,23 @@ def sync(
 ) -> SyncResult:
     """Send a run directory (finished, failed or killed mid-way) to a W&B run.
 
-    Only records that this destination has not received are sent (see `jaxobs.replay`):
-    running it twice sends nothing the second time. In offline mode (the default without
-    W&B credentials) it writes a W&B offline run under ``<run_dir>/wandb/`` that
-    ``wandb sync`` uploads; online, it sends directly.
+    Only records that this destination has not received are sent (the sync marker,
+    `<run_dir>/sync/wandb.json`, says which): running it twice sends nothing the second
+    time. In offline mode (the default without W&B credentials) it writes a W&B offline
+    run under `<run_dir>/wandb/` that `wandb sync` uploads; online, it sends directly.
 
     Args:
       run_dir: A jaxobs run directory.
-      project: W&B project (default: ``WANDB_PROJECT``, else the live W&B run's, else the
+      project: W&B project (default: `WANDB_PROJECT`, else the live W&B run's, else the
         jaxobs project).
       entity: W&B entity.
       id: W&B run id (default: the live W&B run's id when the run streamed to W&B, so that
         a sync completes it; else the jaxobs run id).
-      mode: ``"online"`` or ``"offline"`` (default: ``WANDB_MODE``, else online with
+      mode: `"online"` or `"offline"` (default: `WANDB_MODE`, else online with
         credentials and offline without).
+
+    Returns:
+      What was sent, and where W&B wrote it.
 
     Raises:
       jaxobs.RunDirError: not a run directory.
@@ -475,29 +497,10 @@ def sync(
         project or os.environ.get("WANDB_PROJECT") or live.get("project") or record.info.project
     )
     wid = id or live.get("id") or _wandb_id(record.info.run_id)
-    destination = f"{project}/{wid}"
-    marker = SyncMarker(record.dir, WandbSink.tracker, destination)
-    events = events_of(record, marker.sent_through_ns)
-    events = [e for e in events if e.type not in ("run_start", "tracker")]
-    if not events:
-        return SyncResult(
-            "wandb", destination, 0, marker.last_step, marker.info.get("dir"), record.status
-        )
     sink = WandbSink(project=project, entity=entity, id=wid, mode=mode)
-    sink._replaying = True
-    resume = "allow" if marker.sent_through_ns is not None else None
-    sink._open(record.info, record.dir, resume=resume)
-    sink._clock = MarkerClock(marker, every_s=math.inf)
+    marker = SyncMarker(record.dir, sink.tracker, f"{project}/{wid}")
     try:
-        for event in events:
-            sink.handle_event(event)
-        if record.status == "incomplete":
-            sink.wandb_run.summary["jaxobs/status"] = "incomplete"
-        info = sink.describe()
-        if sink._owns:  # a run that never ended: no run_end record finished it
-            sink._finish(0)
+        return sink.replay(record, marker)
     finally:
-        wandb.teardown()  # the offline file is complete when this returns
-    return SyncResult(
-        "wandb", destination, len(events), marker.last_step, info.get("dir"), record.status
-    )
+        if sink.wandb_run is not None:
+            wandb.teardown()  # the offline file is complete when this returns

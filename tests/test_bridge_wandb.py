@@ -103,6 +103,28 @@ def test_best_values_land_in_the_summary(streamed):
     assert summary["jaxobs/status"] == "finished"
 
 
+def test_summary_goals_follow_the_name_and_summary_overrides_them(wandb_env):
+    """Goals come from the name's last word (val/accumulated_steps is no accuracy: it keeps
+    its last value); `summary=` overrides them."""
+    values = {
+        "train/loss": [4.0, 2.0, 3.0],
+        "val/acc": [0.2, 0.9, 0.5],
+        "val/accumulated_steps": [10.0, 30.0, 20.0],
+        "perf/step_time_s": [0.7, 0.5, 0.6],
+        "eval/loss": [1.0, 3.0, 2.0],
+    }
+    sink = WandbSink(summary={"eval/loss": "max"})
+    with jaxobs.init("tiny", dir=wandb_env / "runs", terminal=False, sinks=[sink]) as run:
+        for step in range(3):
+            run.log({k: v[step] for k, v in values.items()}, step=step)
+    summary = _only_offline_run(run.dir / "wandb").summary
+    assert summary["train/loss"] == {"min": 2.0}
+    assert summary["val/acc"] == {"max": 0.9}
+    assert summary["perf/step_time_s"] == {"min": 0.5}
+    assert summary["val/accumulated_steps"] == 20.0
+    assert summary["eval/loss"] == {"max": 3.0}
+
+
 def test_histograms_arrive_as_wandb_histograms(streamed):
     """Each histograms record is a wandb.Histogram with the same edges and counts."""
     run, offline = streamed

@@ -201,6 +201,35 @@ def test_bad_files_give_errors_naming_the_file_and_field(tmp_path):
     assert issubclass(crash.CrashDumpError, ValueError)
 
 
+def test_a_trainlog_read_as_a_dump_says_what_it_is(tmp_path):
+    """A TrainLog given to the crash reader: the error says so and names the command to use."""
+    path = _write(tmp_path / "trainlog.json", {"format": "jaxobs.trainlog", "series": []})
+    with pytest.raises(crash.CrashDumpError) as info:
+        crash.load_dump(path)
+    text = str(info.value)
+    assert text.startswith(f'{path}: not a jaxobs crash dump: format "jaxobs.trainlog"')
+    assert f"this is a TrainLog: use `jaxobs show {path}`" in text
+
+
+def test_a_directory_is_not_a_dump(tmp_path):
+    """load_dump of a directory names it (find_dump is what picks a run directory's dump)."""
+    with pytest.raises(IsADirectoryError, match="is a directory; expected a jaxobs crash dump"):
+        crash.load_dump(tmp_path)
+
+
+def test_null_is_accepted_only_where_the_format_allows_it(tmp_path):
+    """A null step or trigger kind is an error naming the field; a null rule is fine."""
+    good = _dump_dict([0], {"train/loss": [1.0]})
+    good["trigger"]["rule"] = None
+    assert crash.load_dump(_write(tmp_path / "ok.json", good)).trigger["rule"] is None
+    with pytest.raises(crash.CrashDumpError, match="step: expected an integer step, got null"):
+        crash.load_dump(_write(tmp_path / "step.json", {**good, "step": None}))
+    bad = json.loads(json.dumps(good))
+    bad["trigger"]["kind"] = None
+    with pytest.raises(crash.CrashDumpError, match=r"trigger\.kind: expected a string, got null"):
+        crash.load_dump(_write(tmp_path / "kind.json", bad))
+
+
 def test_missing_file_is_file_not_found(tmp_path):
     """A path that does not exist raises FileNotFoundError naming it."""
     with pytest.raises(FileNotFoundError, match=r"nope\.json"):
@@ -260,6 +289,37 @@ def test_layer_norms_mark_nonfinite_and_unrecorded_steps():
     present["grads/A/kernel/nonfinite"] = np.array([1, 1, 0, 1, 1, 1], bool)
     norms = crash.layer_norms(series, present=present)
     np.testing.assert_array_equal(norms["A"], [5.0, np.inf, nan, np.inf, 5.0, np.inf])
+
+
+# ----------------------------------------------------------------------------- rank_by_peak
+
+
+def test_rank_by_peak_puts_non_finite_layers_first_then_the_largest():
+    """Layers with an inf come first, then by largest finite value; ties keep their order."""
+    from jaxobs._src.analysis.diagnose import rank_by_peak
+
+    nan, inf = math.nan, math.inf
+    norms = {
+        "A": np.array([1.0, 2.0, nan]),
+        "B": np.array([5.0, inf, 1.0]),
+        "C": np.array([nan, nan, nan]),
+        "D": np.array([3.0, 9.0, 2.0]),
+        "E": np.array([inf, 0.0, 0.0]),
+        "F": np.array([2.0, 1.0, 1.0]),
+    }
+
+    def reference(window):
+        def key(name):
+            values = [float(v) for v in norms[name][window]]
+            finite = [v for v in values if math.isfinite(v)]
+            return (any(math.isinf(v) for v in values), max(finite) if finite else -inf)
+
+        keyed = [(key(name), -i, name) for i, name in enumerate(norms)]
+        return [name for *_, name in sorted(keyed, reverse=True)]
+
+    assert rank_by_peak(norms) == reference(slice(None)) == ["B", "E", "D", "A", "F", "C"]
+    first = slice(0, 1)
+    assert rank_by_peak(norms, first) == reference(first) == ["E", "B", "D", "F", "A", "C"]
 
 
 # ----------------------------------------------------------------------------- first_diverged
@@ -493,6 +553,13 @@ def test_plot_edge_cases(tmp_path):
         _check_png(out)
     dump = crash.load_dump(_write(tmp_path / "empty.json", empty))
     _check_png(crash.plot(dump, tmp_path / "empty.png"))
+
+
+def test_plot_leaves_only_the_image(exploding_dump):
+    """The image is written through a temporary file that does not stay behind."""
+    crash.plot(crash.load_dump(exploding_dump))
+    names = sorted(p.name for p in exploding_dump.parent.iterdir())
+    assert names == ["crash-64.json", "crash-64.png"]
 
 
 def test_plot_refuses_an_unknown_image_type(exploding_dump, tmp_path):

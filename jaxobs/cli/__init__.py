@@ -1,4 +1,4 @@
-"""The ``jaxobs`` command: show, export, crash and sync a run directory."""
+"""The `jaxobs` command: show, export, crash and sync a run directory."""
 
 from jaxobs.cli.main import main
 

@@ -1,4 +1,4 @@
-"""``python -m jaxobs.cli``: the ``jaxobs`` command."""
+"""`python -m jaxobs.cli`: the `jaxobs` command."""
 
 import sys
 

@@ -1,16 +1,18 @@
-"""The failure-signature plot of a crash dump (matplotlib, imported here only)."""
+"""The failure-signature plot of a crash dump (``jaxobs crash plot``): loss, per-layer gradient
+norms and per-layer parameter norms (or update ratios) over the recorded steps, with the
+trigger marked. matplotlib is imported inside `plot` only, never at import time.
+"""
 
 from __future__ import annotations
 
-import math
-import os
+import io
 import pathlib
 
 import numpy as np
 
 from jaxobs._src.analysis.crash_summary import one_line
-from jaxobs._src.analysis.diagnose import diagnosis, layer_norms, layer_stat
-from jaxobs._src.formats.codec import PathLike
+from jaxobs._src.analysis.diagnose import diagnosis, layer_norms, layer_stat, rank_by_peak
+from jaxobs._src.formats.codec import PathLike, write_atomic
 from jaxobs._src.formats.crash_dump import CrashDump
 
 # tab10 without its red, which is kept for the trigger line.
@@ -149,14 +151,7 @@ def _layers_panel(
         text = empty_text or f"no {ylabel} recorded"
         ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", color="#555555")
         return
-
-    def peak(item: tuple[str, np.ndarray]) -> tuple[bool, float]:
-        v = item[1]
-        finite = v[np.isfinite(v)]
-        return bool(np.isinf(v).any()), float(finite.max()) if finite.size else -math.inf
-
-    ranked = [name for name, _ in sorted(norms.items(), key=peak, reverse=True)]
-    labelled = ranked[:_MAX_LABELLED_LAYERS]
+    labelled = rank_by_peak(norms)[:_MAX_LABELLED_LAYERS]
     if diverged in norms and diverged not in labelled:
         labelled = [*labelled[:-1], diverged]
     colors = {name: palette[name] for name in labelled if name in palette}
@@ -187,18 +182,14 @@ def _layers_panel(
 
 
 def _save_figure(fig, path: pathlib.Path) -> None:
+    """Render ``fig`` in the format its suffix names and write it atomically (`write_atomic`)."""
     canvas = fig.canvas
     fmt = path.suffix.lower().lstrip(".") or "png"
     if fmt not in canvas.get_supported_filetypes():
         raise ValueError(f"{path}: cannot write a .{fmt} image; use .png (or .svg, .pdf)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=fig.dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt, dpi=fig.dpi)
+    write_atomic(path, image.getvalue())
 
 
 def plot(dump: CrashDump, out_path: PathLike | None = None) -> pathlib.Path:

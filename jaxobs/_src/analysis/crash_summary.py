@@ -1,4 +1,6 @@
-"""The text summary of a crash dump (``jaxobs crash show``)."""
+"""The plain-text summary of a crash dump (``jaxobs crash show``): the run, the trigger, the
+first layer to diverge, the alerts, the checkpoint, and a table of the last recorded steps.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxobs._src.analysis.diagnose import diagnosis, layer_norms
+from jaxobs._src.analysis.diagnose import diagnosis, layer_norms, rank_by_peak
+from jaxobs._src.analysis.text import format_value
 from jaxobs._src.formats.crash_dump import CrashDump
 
 _LABEL_WIDTH = 18  # summary: "first to diverge: " and the values after it
@@ -19,15 +22,8 @@ _WIDTH = 100
 
 
 def _fmt(value: float, recorded: bool = True) -> str:
-    if not recorded:
-        return "-"
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == 0 or 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4g}"
-    return f"{value:.3e}"
+    """A table cell: the number (`format_value`), or ``-`` where nothing was recorded."""
+    return format_value(value) if recorded else "-"
 
 
 def one_line(text: Any, limit: int = 200) -> str:
@@ -62,17 +58,10 @@ def _table_columns(dump: CrashDump, hit: dict[str, Any] | None, rows: slice):
         chosen.append((hit.get("group") or "grads", hit["layer"]))
         if ("grads", hit["layer"]) not in chosen and hit["layer"] in grads:
             chosen.append(("grads", hit["layer"]))
-
-    def size(item: tuple[str, np.ndarray]) -> tuple[bool, float]:
-        window = item[1][rows]
-        finite = window[np.isfinite(window)]
-        return bool(np.isinf(window).any()), float(finite.max()) if finite.size else -math.inf
-
-    ranked = sorted(grads.items(), key=size, reverse=True)
-    for layer, values in ranked:
+    for layer in rank_by_peak(grads, rows):
         if len(chosen) >= 4:  # the diverged layer and the largest others
             break
-        if ("grads", layer) not in chosen and np.any(~np.isnan(values[rows])):
+        if ("grads", layer) not in chosen and np.any(~np.isnan(grads[layer][rows])):
             chosen.append(("grads", layer))
     norms_by_group = {"grads": grads}
     for group, layer in chosen:

@@ -1,5 +1,21 @@
-"""Crash forensics on a dump's recorder: per-layer norms and the first layer to diverge
-(NumPy only).
+"""Crash forensics, offline and NumPy only: per-layer norms from a dump's per-leaf norms,
+the first layer to diverge, and the ranking of layers by their peak.
+
+Keys and layers follow the one naming rule of `jaxobs._src.device.keys`: a per-leaf statistic
+is ``<group>/<leaf path>/<stat>`` and a leaf's layer is its path without the last part.
+
+Example:
+    >>> import numpy as np
+    >>> steps = np.arange(10)
+    >>> series = {
+    ...     "grads/Dense_0/kernel/norm": np.ones(10),
+    ...     "grads/Dense_1/kernel/norm": np.r_[np.ones(6), 50.0, np.inf, np.nan, np.nan],
+    ... }
+    >>> hit = first_diverged(steps, series)
+    >>> hit["layer"], hit["step"], hit["ratio"]
+    ('Dense_1', 6, 50.0)
+    >>> rank_by_peak(layer_norms(series))
+    ['Dense_1', 'Dense_0']
 """
 
 from __future__ import annotations
@@ -10,22 +26,23 @@ from typing import Any
 
 import numpy as np
 
+from jaxobs._src.device.keys import layer_of, split_stat_key
 from jaxobs._src.formats.crash_dump import CrashDump
 
-
-def split_leaf_key(name: str, group: str) -> tuple[str, str, str] | None:
-    """``grads/Conv_0/kernel/norm`` -> (leaf ``Conv_0/kernel``, layer ``Conv_0``, ``norm``)."""
-    parts = name.split("/")
-    if len(parts) < 3 or parts[0] != group:
-        return None
-    leaf_parts = parts[1:-1]
-    layer = "/".join(leaf_parts[:-1]) if len(leaf_parts) > 1 else leaf_parts[0]
-    return "/".join(leaf_parts), layer, parts[-1]
+__all__ = [
+    "diagnosis",
+    "first_diverged",
+    "layer_norms",
+    "layer_stat",
+    "rank_by_peak",
+    "recorded_mask",
+]
 
 
 def recorded_mask(
     name: str, series: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None
 ) -> np.ndarray:
+    """Where ``series[name]`` was recorded: ``present[name]``, else where it is not NaN."""
     if present is not None and name in present:
         return np.asarray(present[name], dtype=bool)
     return ~np.isnan(series[name])
@@ -74,11 +91,11 @@ def layer_norms(
     arrays = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in series.items()}
     leaves: dict[str, dict[str, dict[str, str]]] = {}  # layer -> leaf -> stat -> key
     for name in arrays:
-        split = split_leaf_key(name, group)
-        if split is None or split[2] not in ("norm", "nonfinite"):
+        split = split_stat_key(name, group)
+        if split is None or split[1] not in ("norm", "nonfinite"):
             continue
-        leaf, layer, stat = split
-        leaves.setdefault(layer, {}).setdefault(leaf, {})[stat] = name
+        leaf, stat = split
+        leaves.setdefault(layer_of(leaf), {}).setdefault(leaf, {})[stat] = name
     out: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore"):
         for layer, members in leaves.items():
@@ -215,10 +232,28 @@ def layer_stat(series: Mapping[str, np.ndarray], group: str, stat: str) -> dict[
     """Per-layer statistics that are recorded per layer: ``<group>/<layer>/<stat>``."""
     out = {}
     for name, values in series.items():
-        parts = name.split("/")
-        if len(parts) >= 3 and parts[0] == group and parts[-1] == stat:
-            out["/".join(parts[1:-1])] = np.asarray(values, dtype=np.float64)
+        split = split_stat_key(name, group)
+        if split is not None and split[1] == stat:
+            out[split[0]] = np.asarray(values, dtype=np.float64)
     return out
+
+
+def rank_by_peak(norms: Mapping[str, Any], window: slice = slice(None)) -> list[str]:
+    """Layer names, largest first: those with an infinite value in ``window`` first, then by
+    their largest finite value there (a layer with none comes last). Ties keep the order of
+    ``norms``.
+
+    Args:
+      norms: Per-layer values, as from `layer_norms` (inf: non-finite, NaN: not recorded).
+      window: Which positions to look at (default: all).
+    """
+
+    def peak(item: tuple[str, Any]) -> tuple[bool, float]:
+        values = np.asarray(item[1], dtype=np.float64)[window]
+        finite = values[np.isfinite(values)]
+        return bool(np.isinf(values).any()), float(finite.max()) if finite.size else -math.inf
+
+    return [name for name, _ in sorted(norms.items(), key=peak, reverse=True)]
 
 
 def diagnosis(dump: CrashDump) -> tuple[dict[str, Any] | None, bool]:

@@ -1,5 +1,10 @@
-"""File formats carried over from the seed projects: a confusion matrix and a log
-destination.
+"""Two small extras kept out of the headline API (public as `jaxobs.artifacts`).
+
+- `ConfusionMatrix`: a classification confusion matrix and its JSON file format
+  (``"format": "jaxobs.confusion_matrix"``, the TrainLog's ``schema_version``), read with the
+  shared field reader and version check.
+- `LogDestination`: where a command-line routine sends its TrainLog (a JSON path, or
+  nowhere), parsed from a ``--log`` argument.
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ from jaxobs._src.formats.codec import (
 )
 from jaxobs._src.formats.errors import TrainLogError
 from jaxobs._src.formats.experiment import ExperimentLog
-from jaxobs._src.formats.fields import REQUIRED, FieldReader, check_version
+from jaxobs._src.formats.fields import (
+    CONFUSION_FORMAT,
+    REQUIRED,
+    FieldReader,
+    check_format,
+    check_version,
+)
 from jaxobs._src.formats.trainlog import SCHEMA_VERSION, JsonEq, TrainLog
 
-CONFUSION_FORMAT = "jaxobs.confusion_matrix"
+__all__ = ["CONFUSION_FORMAT", "ConfusionMatrix", "LogDestination"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +176,9 @@ class ConfusionMatrix(JsonEq):
     @classmethod
     def from_json(cls, data: Any, source: str = "<data>") -> ConfusionMatrix:
         check_version(data, source, "confusion matrix", current=SCHEMA_VERSION)
-        fmt = data.get("format", CONFUSION_FORMAT)
-        if fmt != CONFUSION_FORMAT:
-            raise TrainLogError(f"{source}: format is {fmt!r}, expected {CONFUSION_FORMAT!r}")
+        check_format(
+            data, source, CONFUSION_FORMAT, what="a confusion matrix", default=CONFUSION_FORMAT
+        )
         r = FieldReader(data, "", source)
         r.seen.update({"schema_version", "format"})
         labels = r.strs("labels")
@@ -182,4 +193,5 @@ class ConfusionMatrix(JsonEq):
 
     @classmethod
     def read_json(cls, path: PathLike) -> ConfusionMatrix:
-        return cls.from_json(load_json_file(path), str(path))
+        data = load_json_file(path, expected="a jaxobs confusion matrix (JSON)")
+        return cls.from_json(data, str(path))

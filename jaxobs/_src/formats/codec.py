@@ -62,6 +62,9 @@ def encode_tree(value: Any) -> Any:
 
 
 def kind_of(value: Any) -> str:
+    """What a JSON value is, for an error message: ``a string ("lots")``, ``null``."""
+    if value is None:
+        return "null"
     names = {
         dict: "an object",
         list: "a list",
@@ -79,21 +82,41 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def load_json_file(path: PathLike) -> Any:
+def load_json_file(
+    path: PathLike,
+    *,
+    expected: str = "a TrainLog JSON file",
+    error: type[Exception] = TrainLogError,
+) -> Any:
+    """The parsed JSON of a file, with errors that name the file, the line and column, and
+    what the file should have been.
+
+    Args:
+      path: The file.
+      expected: What the caller reads, for the messages (``"a jaxobs crash dump
+        (crash/crash-<step>.json)"``).
+      error: The exception class for a file that is not UTF-8 JSON (each format has its
+        own: `TrainLogError`, `CrashDumpError`, ...).
+
+    Raises:
+      FileNotFoundError: There is no such file.
+      IsADirectoryError: The path is a directory.
+      error: The file is not UTF-8 text, or not valid JSON (``path:line:column``).
+    """
     path = pathlib.Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise FileNotFoundError(f"{path}: no such file or directory") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a directory; expected {expected}") from None
     except UnicodeDecodeError as e:
-        raise TrainLogError(
-            f"{path}: not UTF-8 text (byte {e.start}); expected a JSON file"
-        ) from None
+        raise error(f"{path}: not UTF-8 text (byte {e.start}); expected {expected}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise TrainLogError(
-            f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); expected a TrainLog JSON file"
+        raise error(
+            f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); expected {expected}"
         ) from None
 
 

@@ -1,37 +1,38 @@
-"""Reading flight-recorder crash dumps: load, find the first layer to diverge, summarise, plot.
+"""The crash dump format: what the flight recorder writes when a run dies, and its reader.
 
 When a run dies (a critical health alert, an exception, SIGTERM, Ctrl-C, a halt) the flight
-recorder writes ``<run dir>/crash/crash-<step>.json``: the trigger, the health alerts, the
-health checker's thresholds, and the last ``capacity`` steps of every recorded series. This
-module reads such a file back and turns it into an answer to "what broke first?".
+recorder writes ``<run dir>/crash/crash-<step>.json`` (``"format": "jaxobs.crash"``): the
+trigger, the health alerts, the health checker's thresholds, the first layer to diverge,
+and the last ``capacity`` steps of every recorded series.
 
-- `load_dump` reads and validates a dump into a `CrashDump`.
-- `layer_norms` combines per-leaf norms into one norm per layer, marking non-finite steps.
-- `first_diverged` names the first layer whose norm blew up (also used by the recorder
-  when it writes a dump, so it takes plain NumPy arrays).
-- `summary` is a plain-text report; `plot` draws the failure signature as a PNG.
+- `write_dump` writes one atomically; `load_dump` reads and checks one into a `CrashDump`;
+  `find_dump` picks the newest dump of a run directory.
+- `CRASH_FORMAT` and `CRASH_SCHEMA_VERSION` name the format and its version.
 
-The command line exposes the last two as ``jaxobs crash show`` and ``jaxobs crash plot``.
-
-Nothing here imports jax; `plot` imports matplotlib when called.
+What a dump says (the first layer to diverge, the summary, the plot) is worked out in
+`jaxobs._src.analysis`; `jaxobs.crash` is the public face of both. Nothing here imports jax
+or matplotlib.
 
 Example:
-    >>> import numpy as np
-    >>> steps = np.arange(10)
-    >>> series = {
-    ...     "grads/Dense_0/kernel/norm": np.ones(10),
-    ...     "grads/Dense_1/kernel/norm": np.r_[np.ones(6), 50.0, np.inf, np.nan, np.nan],
-    ... }
-    >>> hit = first_diverged(steps, series)
-    >>> hit["layer"], hit["step"], hit["ratio"]
-    ('Dense_1', 6, 50.0)
+    >>> import math, tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = write_dump(
+    ...         folder,
+    ...         step=3,
+    ...         trigger={"kind": "halt"},
+    ...         recorder={"capacity": 8, "steps": [2, 3],
+    ...                   "series": {"train/loss": [0.5, math.nan]}},
+    ...     )
+    ...     dump = load_dump(path)
+    >>> path.name, dump.step, dump.trigger_label()
+    ('crash-3.json', 3, 'halt')
+    >>> dump.series["train/loss"].tolist(), dump.present["train/loss"].tolist()
+    ([0.5, nan], [True, True])
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import pathlib
 import re
 import time
@@ -42,17 +43,32 @@ import numpy as np
 
 from jaxobs._src.formats.codec import (
     PathLike,
-    decode_float,
     dumps,
     encode_float,
     kind_of,
+    load_json_file,
     write_text_atomic,
 )
 from jaxobs._src.formats.errors import CrashDumpError, CrashDumpVersionError
-from jaxobs._src.formats.fields import check_version
+from jaxobs._src.formats.fields import (
+    CRASH_FORMAT,
+    NULL,
+    REQUIRED,
+    FieldReader,
+    check_format,
+    check_version,
+    subscript,
+)
 
-CRASH_FORMAT = "jaxobs.crash"
-
+__all__ = [
+    "CRASH_FORMAT",
+    "CRASH_SCHEMA_VERSION",
+    "CrashDump",
+    "encode_recorded",
+    "find_dump",
+    "load_dump",
+    "write_dump",
+]
 
 CRASH_SCHEMA_VERSION = "1.0"
 
@@ -135,101 +151,22 @@ class CrashDump:
         return str(self.trigger.get("rule") or self.trigger.get("kind") or "unknown")
 
 
-def _key(key: str) -> str:
-    return json.dumps(key, ensure_ascii=False)
+def _fields(data: Any, where: str, source: str) -> FieldReader:
+    """The crash dump's field reader: `CrashDumpError`, and null only where a field allows it."""
+    return FieldReader(
+        data, where, source, error=CrashDumpError, missing="missing", null_is_missing=False
+    )
 
 
-class _Fields:
-    """Checked access to one JSON object, with errors naming the file and the field path."""
-
-    def __init__(self, data: Any, where: str, source: str):
-        self.source = source
-        self.where = where
-        if not isinstance(data, dict):
-            raise self.error(where or "top level", "an object", data)
-        self.data = data
-
-    def error(self, where: str, expected: str, got: Any) -> CrashDumpError:
-        return CrashDumpError(f"{self.source}: {where}: expected {expected}, got {kind_of(got)}")
-
-    def path(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(self, key: str, expected: str, ok, default: Any = None, required: bool = False):
-        if key not in self.data:
-            if required:
-                raise CrashDumpError(
-                    f"{self.source}: {self.path(key)}: missing (expected {expected})"
-                )
-            return default
-        value = self.data[key]
-        if not ok(value):
-            raise self.error(self.path(key), expected, value)
-        return value
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_str(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-def _is_obj(v: Any) -> bool:
-    return isinstance(v, dict)
-
-
-def _is_obj_or_null(v: Any) -> bool:
-    return v is None or isinstance(v, dict)
-
-
-def _is_str_or_null(v: Any) -> bool:
-    return v is None or isinstance(v, str)
-
-
-def _is_int_or_null(v: Any) -> bool:
-    return v is None or _is_int(v)
-
-
-def _read_json(path: pathlib.Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file or directory") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(
-            f"{path}: is a directory; pass a crash dump (crash/crash-<step>.json) or a run "
-            "directory"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise CrashDumpError(
-            f"{path}: not UTF-8 text (byte {e.start}); expected a jaxobs crash dump (JSON)"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CrashDumpError(
-            f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); expected a jaxobs crash "
-            "dump (crash/crash-<step>.json)"
-        ) from None
-
-
-def _decode(value: Any, where: str, source: str) -> float:
-    try:
-        return decode_float(value, where)
-    except ValueError as e:
-        raise CrashDumpError(f"{source}: {e}") from None
-
-
-def _check_format(top: _Fields) -> str:
-    fmt = top.data.get("format")
-    if fmt != CRASH_FORMAT:
-        found = "no format field" if fmt is None else f"format {kind_of(fmt)}"
-        raise CrashDumpError(
-            f'{top.source}: not a jaxobs crash dump: {found}, expected format "{CRASH_FORMAT}" '
-            "(the flight recorder writes these as crash/crash-<step>.json)"
-        )
+def _check_format(top: FieldReader) -> str:
+    check_format(
+        top.data,
+        top.source,
+        CRASH_FORMAT,
+        what="a jaxobs crash dump",
+        error=CrashDumpError,
+        note="the flight recorder writes these as crash/crash-<step>.json",
+    )
     return check_version(
         top.data,
         top.source,
@@ -241,32 +178,29 @@ def _check_format(top: _Fields) -> str:
 
 
 def _read_recorder(
-    top: _Fields,
+    top: FieldReader,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    rec_data = top.get("recorder", "an object", _is_obj, {})
-    rec = _Fields(rec_data, "recorder", top.source)
-    raw_steps = rec.get("steps", "a list of integer steps", lambda v: isinstance(v, list), [])
+    rec = top.nested(top.get("recorder", dict, dict, "an object"), "recorder")
+    raw_steps = rec.get("steps", list, list, "a list of integer steps")
     for i, s in enumerate(raw_steps):
-        if not _is_int(s):
-            raise rec.error(f"recorder.steps[{i}]", "an integer step", s)
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise rec.fail(f"steps[{i}]", "an integer step", s)
         if i and s < raw_steps[i - 1]:
-            raise CrashDumpError(
-                f"{top.source}: recorder.steps[{i}]: steps must be ascending, but {s} follows "
-                f"{raw_steps[i - 1]}"
+            raise rec.problem(
+                f"steps[{i}]", f"steps must be ascending, but {s} follows {raw_steps[i - 1]}"
             )
     steps = np.asarray(raw_steps, dtype=np.int64).reshape(-1)
-    raw_series = rec.get("series", "an object of value lists", _is_obj, {})
+    raw_series = rec.get("series", dict, dict, "an object of value lists")
     series: dict[str, np.ndarray] = {}
     present: dict[str, np.ndarray] = {}
     n = len(raw_steps)
     for name, values in raw_series.items():
-        where = f"recorder.series[{_key(name)}]"
+        where = f"series{subscript(name)}"
         if not isinstance(values, list):
-            raise rec.error(where, "a list of values", values)
+            raise rec.fail(where, "a list of values", values)
         if len(values) != n:
-            raise CrashDumpError(
-                f"{top.source}: {where}: expected {n} values (one per entry of recorder.steps), "
-                f"got {len(values)}"
+            raise rec.problem(
+                where, f"expected {n} values (one per entry of recorder.steps), got {len(values)}"
             )
         arr = np.full(n, np.nan)
         mask = np.ones(n, dtype=bool)
@@ -274,26 +208,45 @@ def _read_recorder(
             if v is None:
                 mask[i] = False
             else:
-                arr[i] = _decode(v, f"{where}[{i}]", top.source)
+                arr[i] = rec.decode_number(v, f"{where}[{i}]")
         series[name] = arr
         present[name] = mask
     return steps, series, present
 
 
-def _read_first_diverged(top: _Fields) -> dict[str, Any] | None:
-    data = top.get("first_diverged", "an object or null", _is_obj_or_null)
-    if data is None:
+def _read_first_diverged(top: FieldReader) -> dict[str, Any] | None:
+    f = top.child("first_diverged", None, "an object or null", nullable=True)
+    if f is None:
         return None
-    f = _Fields(data, "first_diverged", top.source)
-    out = dict(data)
-    out["layer"] = f.get("layer", "a layer name", _is_str, required=True)
-    out["group"] = f.get("group", "a group name or null", _is_str_or_null)
-    out["step"] = f.get("step", "an integer step", _is_int, required=True)
-    for key in ("ratio", "baseline"):
-        value = data.get(key)
-        out[key] = math.nan if value is None else _decode(value, f.path(key), top.source)
-    out["nonfinite"] = bool(f.get("nonfinite", "a boolean", lambda v: isinstance(v, bool), False))
+    out = dict(f.data)
+    out["layer"] = f.string("layer", REQUIRED, "a layer name")
+    out["group"] = f.get("group", (str, NULL), None, "a group name or null")
+    out["step"] = f.integer("step", REQUIRED, "an integer step")
+    out["ratio"] = f.number("ratio")
+    out["baseline"] = f.number("baseline")
+    out["nonfinite"] = f.get("nonfinite", bool, False, "a boolean")
     return out
+
+
+def _read_trigger(top: FieldReader) -> dict[str, Any]:
+    trig = top.nested(top.get("trigger", dict, REQUIRED, "an object"), "trigger")
+    trigger = dict(trig.data)
+    trigger["kind"] = trig.string("kind", REQUIRED)
+    trigger["rule"] = trig.get("rule", (str, NULL), None, "a string or null")
+    trigger["severity"] = trig.get("severity", (str, NULL), None, "a string or null")
+    trigger["message"] = trig.get("message", (str, NULL), None, "a string or null") or ""
+    trig.child("error", None, "an object or null", nullable=True)
+    return trigger
+
+
+def _read_alerts(top: FieldReader) -> list[dict[str, Any]]:
+    alerts = top.get("alerts", list, list, "a list of objects")
+    for i, alert in enumerate(alerts):
+        a = top.nested(alert, f"alerts[{i}]")
+        a.get("step", (int, NULL), None, "an integer step or null")
+        for key in ("rule", "severity", "layer", "message"):
+            a.get(key, (str, NULL), None, "a string or null")
+    return [dict(a) for a in alerts]
 
 
 def load_dump(path: PathLike) -> CrashDump:
@@ -311,44 +264,31 @@ def load_dump(path: PathLike) -> CrashDump:
 
     Raises:
       FileNotFoundError: There is no such file.
+      IsADirectoryError: The path is a directory (`find_dump` picks a run directory's dump).
       CrashDumpVersionError: The dump has a newer major ``schema_version``; upgrade jaxobs.
       CrashDumpError: The file is not JSON, not a crash dump, or a field has the wrong form;
         the message names the field, e.g. ``recorder.series["train/loss"][3]``.
     """
     path = pathlib.Path(path)
     source = str(path)
-    data = _read_json(path)
+    data = load_json_file(
+        path, expected="a jaxobs crash dump (crash/crash-<step>.json)", error=CrashDumpError
+    )
     if not isinstance(data, dict):
         raise CrashDumpError(
             f"{source}: not a jaxobs crash dump: expected a JSON object at the top level, "
             f"got {kind_of(data)}"
         )
-    top = _Fields(data, "", source)
+    top = _fields(data, "", source)
     version = _check_format(top)
-    step = top.get("step", "an integer step", _is_int, required=True)
-    trig = _Fields(top.get("trigger", "an object", _is_obj, required=True), "trigger", source)
-    trigger = dict(trig.data)
-    trigger["kind"] = trig.get("kind", "a string", _is_str, required=True)
-    trigger["rule"] = trig.get("rule", "a string or null", _is_str_or_null)
-    trigger["severity"] = trig.get("severity", "a string or null", _is_str_or_null)
-    trigger["message"] = trig.get("message", "a string or null", _is_str_or_null) or ""
-    error = trig.get("error", "an object or null", _is_obj_or_null)
-    if error is not None:
-        _Fields(error, "trigger.error", source)
-    alerts = top.get("alerts", "a list of objects", lambda v: isinstance(v, list), [])
-    for i, alert in enumerate(alerts):
-        a = _Fields(alert, f"alerts[{i}]", source)
-        a.get("step", "an integer step or null", _is_int_or_null)
-        a.get("rule", "a string or null", _is_str_or_null)
-        a.get("severity", "a string or null", _is_str_or_null)
-        a.get("layer", "a string or null", _is_str_or_null)
-        a.get("message", "a string or null", _is_str_or_null)
-    checkpoint = top.get("checkpoint", "an object or null", _is_obj_or_null)
-    if checkpoint is not None:
-        ck = _Fields(checkpoint, "checkpoint", source)
-        ck.get("path", "a path (string)", _is_str, required=True)
-        ck.get("step", "an integer step or null", _is_int_or_null)
-    created = top.get("created_ns", "an integer (ns since the epoch)", _is_int_or_null)
+    step = top.integer("step", REQUIRED, "an integer step")
+    trigger = _read_trigger(top)
+    alerts = _read_alerts(top)
+    ck = top.child("checkpoint", None, "an object or null", nullable=True)
+    if ck is not None:
+        ck.string("path", REQUIRED, "a path (string)")
+        ck.get("step", (int, NULL), None, "an integer step or null")
+    created = top.get("created_ns", (int, NULL), None, "an integer (ns since the epoch)")
     steps, series, present = _read_recorder(top)
     return CrashDump(
         path=path,
@@ -356,10 +296,10 @@ def load_dump(path: PathLike) -> CrashDump:
         trigger=trigger,
         first_diverged=_read_first_diverged(top),
         thresholds=data.get("thresholds", {}),
-        alerts=[dict(a) for a in alerts],
-        run=dict(top.get("run", "an object", _is_obj, {})),
-        versions=dict(top.get("versions", "an object", _is_obj, {})),
-        checkpoint=None if checkpoint is None else dict(checkpoint),
+        alerts=alerts,
+        run=dict(top.get("run", dict, dict, "an object")),
+        versions=dict(top.get("versions", dict, dict, "an object")),
+        checkpoint=None if ck is None else dict(ck.data),
         steps=steps,
         series=series,
         present=present,
@@ -402,6 +342,7 @@ def find_dump(path: PathLike) -> pathlib.Path:
 
 
 def encode_recorded(value: Any) -> Any:
+    """Recorded data as JSON: NumPy scalars as Python ones, non-finite floats as sentinels."""
     if isinstance(value, (float, np.floating)):
         return encode_float(float(value))
     if isinstance(value, (np.integer, np.bool_)):

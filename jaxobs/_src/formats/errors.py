@@ -29,3 +29,9 @@ class RunDirError(ValueError):
 
 class RunDirWarning(UserWarning):
     """Something in a run directory was incomplete but everything else could be read."""
+
+
+class SyncMarkerError(ValueError):
+    """A sync marker (``<run dir>/sync/<tracker>.json``) cannot be read; the message names the
+    file and the field, and says how to recover (move the marker away to send the run again).
+    """

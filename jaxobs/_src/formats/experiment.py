@@ -1,5 +1,11 @@
-"""The in-memory record of a run: metadata, metric curves and artifacts, lowering to a
-`TrainLog`.
+"""Builders of a run's record in memory, each lowering to the stable `TrainLog`.
+
+- `Curve`: one metric over steps; `MetricHistory`: several metrics logged in aligned rows.
+- `ExperimentLog`: a W&B-shaped record (`RunInfo`, a `MetricHistory`, `Artifact` files,
+  notes) with `ExperimentLog.to_trainlog` and its inverse `ExperimentLog.from_trainlog`.
+
+`RunInfo` and `Artifact` are defined with the format in `jaxobs._src.formats.trainlog` and
+importable from here too. Nothing here reads or writes a file except through `TrainLog`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from jaxobs._src.formats.trainlog import (
     as_steps,
     check_step,
 )
+
+__all__ = ["Artifact", "Curve", "ExperimentLog", "MetricHistory", "RunInfo"]
 
 
 @dataclasses.dataclass(eq=False)

@@ -1,88 +1,270 @@
-"""The typed field reader and the version check shared by every jaxobs file format."""
+"""Validating and reading the fields of every jaxobs file: one typed field reader, one
+format check and one version check, shared by the TrainLog, confusion matrix, crash dump and
+sync marker readers.
+
+Each format keeps its own exception classes: the reader raises the ``error`` it is given, and
+every message names the file, the field's path (``series[0].values[3]``,
+``recorder.series["train/loss"][3]``) and what was expected.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import math
 import re
 from typing import Any
 
 from jaxobs._src.formats.codec import decode_float, kind_of
 from jaxobs._src.formats.errors import SchemaVersionError, TrainLogError
 
+__all__ = [
+    "CONFUSION_FORMAT",
+    "CRASH_FORMAT",
+    "EVENTS_FORMAT",
+    "MARKER_FORMAT",
+    "NULL",
+    "REQUIRED",
+    "TRAINLOG_FORMAT",
+    "FieldReader",
+    "check_format",
+    "check_version",
+    "package_version",
+    "subscript",
+]
+
+# The "format" field of each jaxobs file: the one home of these names.
+TRAINLOG_FORMAT = "jaxobs.trainlog"
+CRASH_FORMAT = "jaxobs.crash"
+CONFUSION_FORMAT = "jaxobs.confusion_matrix"
+MARKER_FORMAT = "jaxobs.sync"
+EVENTS_FORMAT = "jaxobs.events"
+
+# What a file of each format is, and how to read it: said when the wrong reader is used.
+_READ_WITH = {
+    TRAINLOG_FORMAT: (
+        "this is a TrainLog: use `jaxobs show {source}` (or jaxobs.TrainLog.read_json)"
+    ),
+    CRASH_FORMAT: (
+        "this is a crash dump: use `jaxobs crash show {source}` (or jaxobs.crash.load_dump)"
+    ),
+    CONFUSION_FORMAT: (
+        "this is a confusion matrix: read it with jaxobs.artifacts.ConfusionMatrix.read_json"
+    ),
+    MARKER_FORMAT: "this is a sync marker, which records what `jaxobs sync` sent to a tracker",
+    EVENTS_FORMAT: "this is a run's event log: use `jaxobs show` on its run directory",
+}
+
+REQUIRED = object()  # the default of a field that must be present
+
+NULL = type(None)  # in a field's types: the field may be null
+
+
+def subscript(key: str) -> str:
+    """A mapping key as it appears in a field path: ``["train/loss"]``."""
+    return f"[{json.dumps(key, ensure_ascii=False)}]"
+
 
 class FieldReader:
-    """Typed access to one JSON object, with errors that name the source and the field."""
+    """Typed access to one JSON object, with errors that name the file and the field path.
 
-    def __init__(self, data: Any, where: str, source: str):
+    Args:
+      data: The parsed JSON value, which must be an object.
+      where: Its path in the file: ``""`` for the top level, ``"series[0]"``,
+        ``'recorder.series["train/loss"]'``. (A trailing ``.`` is ignored.)
+      source: The file (or ``"<data>"``), named first in every message.
+      error: The exception class raised for a bad field: `TrainLogError`, `CrashDumpError`,
+        `SyncMarkerError`.
+      missing: The words for a missing required field, before ``(expected ...)``.
+      null_is_missing: Whether a JSON ``null`` counts as an absent field (so it takes the
+        default). When False, null is accepted only where the field's types include `NULL`.
+
+    Raises:
+      error: ``data`` is not an object.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        where: str,
+        source: str,
+        *,
+        error: type[Exception] = TrainLogError,
+        missing: str = "required field is missing",
+        null_is_missing: bool = True,
+    ):
+        self.where = where.rstrip(".")
+        self.source = source
+        self.error = error
+        self.missing = missing
+        self.null_is_missing = null_is_missing
         if not isinstance(data, dict):
-            name = where.rstrip(".") or "top level"
-            raise TrainLogError(f"{source}: {name}: expected an object, got {kind_of(data)}")
-        self.data, self.where, self.source = data, where, source
+            raise self.problem("", f"expected an object, got {kind_of(data)}")
+        self.data: dict[str, Any] = data
         self.seen: set[str] = set()
 
-    def _fail(self, key: str, expected: str, got: Any) -> TrainLogError:
-        return TrainLogError(
-            f"{self.source}: {self.where}{key}: expected {expected}, got {kind_of(got)}"
+    # -- paths and errors
+
+    def path(self, key: str) -> str:
+        """The path of ``key`` (a field, or ``steps[3]``) of this object in the file."""
+        if not key:
+            return self.where
+        if not self.where or key.startswith("["):
+            return f"{self.where}{key}"
+        return f"{self.where}.{key}"
+
+    def problem(self, key: str, text: str) -> Exception:
+        """The error to raise for field ``key`` (``""``: this object): ``source: path: text``."""
+        return self.error(f"{self.source}: {self.path(key) or 'top level'}: {text}")
+
+    def fail(self, key: str, expected: str, got: Any) -> Exception:
+        """The error for field ``key`` holding ``got`` where ``expected`` was expected."""
+        return self.problem(key, f"expected {expected}, got {kind_of(got)}")
+
+    def nested(self, value: Any, key: str) -> FieldReader:
+        """A reader, with this one's source and error, for ``value`` found at ``key``."""
+        return FieldReader(
+            value,
+            self.path(key),
+            self.source,
+            error=self.error,
+            missing=self.missing,
+            null_is_missing=self.null_is_missing,
         )
 
+    # -- typed access
+
     def get(self, key: str, kind: type | tuple[type, ...], default: Any, expected: str) -> Any:
+        """Field ``key``, checked to be of ``kind`` (a bool is never an int here unless
+        ``kind`` names bool). An absent field gives ``default`` (called if callable), or
+        raises when ``default`` is `REQUIRED`."""
         self.seen.add(key)
-        if key not in self.data or self.data[key] is None:
+        value = self.data.get(key)
+        if key not in self.data or (value is None and self.null_is_missing):
             if default is REQUIRED:
-                raise TrainLogError(f"{self.source}: {self.where}{key}: required field is missing")
+                raise self.problem(key, f"{self.missing} (expected {expected})")
             return default() if callable(default) else default
-        value = self.data[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _tuple(kind)):
-            raise self._fail(key, expected, value)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise self.fail(key, expected, value)
         return value
 
-    def str(self, key: str, default: Any = "") -> str:
-        return self.get(key, str, default, "a string")
+    def string(self, key: str, default: Any = "", expected: str = "a string") -> str:
+        """A string field (``default`` when absent)."""
+        return self.get(key, str, default, expected)
+
+    def integer(self, key: str, default: Any = REQUIRED, expected: str = "an integer") -> int:
+        """An integer field (booleans are refused)."""
+        return self.get(key, int, default, expected)
+
+    def child(
+        self,
+        key: str,
+        default: Any = REQUIRED,
+        expected: str = "an object",
+        *,
+        nullable: bool = False,
+    ) -> FieldReader | None:
+        """A reader for the object in field ``key``; None when it is null (``nullable``) or
+        absent with a None default."""
+        value = self.get(key, (dict, NULL) if nullable else dict, default, expected)
+        return None if value is None else self.nested(value, key)
 
     def strs(self, key: str) -> list[str]:
+        """A list of strings (empty when absent)."""
         items = self.get(key, list, list, "a list of strings")
         for i, item in enumerate(items):
             if not isinstance(item, str):
-                raise self._fail(f"{key}[{i}]", "a string", item)
+                raise self.fail(f"{key}[{i}]", "a string", item)
         return list(items)
 
     def ints(self, key: str, default: Any = list) -> list[int] | None:
+        """A list of integers (``default`` when absent)."""
         items = self.get(key, list, default, "a list of integers")
         if items is None:
             return None
         for i, item in enumerate(items):
             if not isinstance(item, int) or isinstance(item, bool):
-                raise self._fail(f"{key}[{i}]", "an integer", item)
+                raise self.fail(f"{key}[{i}]", "an integer", item)
         return list(items)
 
     def floats(self, key: str) -> list[float]:
+        """A required list of numbers; ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` decode."""
         items = self.get(key, list, REQUIRED, "a list of numbers")
-        where = f"{self.source}: {self.where}{key}"
+        where = self.path(key)
         try:
             return [decode_float(v, f"{where}[{i}]") for i, v in enumerate(items)]
         except ValueError as e:
-            raise TrainLogError(str(e)) from None
+            raise self.error(f"{self.source}: {e}") from None
+
+    def number(self, key: str, default: float = math.nan) -> float:
+        """One number (or non-finite sentinel); ``default`` when absent or null."""
+        self.seen.add(key)
+        value = self.data.get(key)
+        return default if value is None else self.decode_number(value, key)
+
+    def decode_number(self, value: Any, key: str) -> float:
+        """``value``, found at ``key``, as a float (see `decode_float`)."""
+        try:
+            return decode_float(value, self.path(key))
+        except ValueError as e:
+            raise self.error(f"{self.source}: {e}") from None
 
     def build(self, cls: type, **fields: Any) -> Any:
         """``cls(**fields, extra=<unread keys>)``; a constructor error names this object."""
         try:
             return cls(**fields, extra=self.rest())
-        except TrainLogError:
+        except self.error:
             raise
         except (TypeError, ValueError) as e:
-            name = self.where.rstrip(".") or "top level"
-            raise TrainLogError(f"{self.source}: {name}: {e}") from None
+            raise self.problem("", str(e)) from None
 
     def rest(self) -> dict[str, Any]:
         """The keys no accessor asked for: kept as they are, written back unchanged."""
         return {k: v for k, v in self.data.items() if k not in self.seen}
 
 
-REQUIRED = object()
+def check_format(
+    data: dict[str, Any],
+    source: str,
+    expected: str,
+    *,
+    what: str,
+    default: str | None = None,
+    error: type[Exception] = TrainLogError,
+    note: str = "",
+) -> None:
+    """Refuse ``data`` whose ``format`` field is not ``expected``.
 
+    Args:
+      data: The file's top-level object.
+      source: The file, named in the message.
+      expected: The format this reader reads (``"jaxobs.trainlog"``).
+      what: What the reader reads, for the message (``"a TrainLog"``).
+      default: The format assumed when the field is absent (None: it must be present).
+      error: The exception class raised.
+      note: Appended to the message in parentheses (where such files come from).
 
-def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
+    Raises:
+      error: The format differs; when it is another jaxobs format the message says what the
+        file is and how to read it.
+    """
+    fmt = data.get("format", default)
+    if fmt == expected:
+        return
+    if fmt is None:
+        found = "no format field"
+    elif isinstance(fmt, str):
+        found = f"format {json.dumps(fmt, ensure_ascii=False)}"
+    else:
+        found = f"format {kind_of(fmt)}"
+    text = f'{source}: not {what}: {found}, expected format "{expected}"'
+    if note:
+        text += f" ({note})"
+    hint = _READ_WITH.get(fmt) if isinstance(fmt, str) else None
+    if hint:
+        text += "; " + hint.format(source="FILE" if source.startswith("<") else source)
+    raise error(text)
 
 
 def package_version() -> str:

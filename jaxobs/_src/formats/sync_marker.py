@@ -1,18 +1,17 @@
-"""Sending a run directory to a tracker later, exactly once: what `jaxobs sync` is built on.
+"""The sync marker: what a tracker has already received from a run directory.
 
 A run directory's ``events.jsonl`` holds every record the run made, in order, each with its
-wall-clock ``timestamp_ns``. A tracker bridge replays those records as the `Event` objects a
-live sink receives, so a replay and a live stream write the same things.
+wall-clock ``timestamp_ns``. What has been sent to a tracker is kept in a *sync marker*,
+``<run dir>/sync/<tracker>.json``: for each destination (a W&B project and run id, a
+TensorBoard log directory), the timestamp of the last record sent, how many records were
+sent, the last step, and what the tracker said about the destination. ``jaxobs sync`` sends
+only the records after it, so a sync run twice never duplicates data; live bridges advance
+the same marker as they stream.
 
-What has been sent is kept in a *sync marker*, ``<run dir>/sync/<tracker>.json``: for each
-destination (a W&B project and run id, a TensorBoard log directory), the timestamp of the
-last record sent. A second sync sends only the records after it, so running a sync twice
-never duplicates data, and a run that was still going (or was killed) can be synced again
-as it grows. Live bridges advance the same marker as they stream (every few seconds and when
-they close), so a later sync of a run whose live stream broke off sends only the rest.
-
-Nothing here imports a tracker: the bridges (`jaxobs.bridges.wandb`,
-`jaxobs.bridges.tensorboard`) do.
+The file (``"format": "jaxobs.sync"``, ``"schema_version": "1.0"``) is read with the shared
+field reader and version check; markers written by older jaxobs, with the integer
+``"version": 1``, still read. Nothing here imports a tracker: the bridges
+(`jaxobs.bridges.wandb`, `jaxobs.bridges.tensorboard`) do.
 """
 
 from __future__ import annotations
@@ -21,20 +20,50 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any
 
+from jaxobs._src.formats.codec import kind_of, load_json_file, write_text_atomic
 from jaxobs._src.formats.config import to_config
+from jaxobs._src.formats.errors import SyncMarkerError
 from jaxobs._src.formats.events import Event
+from jaxobs._src.formats.fields import (
+    MARKER_FORMAT,
+    FieldReader,
+    check_format,
+    check_version,
+    subscript,
+)
+
+__all__ = [
+    "MARKER_DIR",
+    "MARKER_FORMAT",
+    "MARKER_VERSION",
+    "SyncMarker",
+    "SyncMarkerError",
+    "SyncResult",
+]
 
 MARKER_DIR = "sync"
 
 
-MARKER_FORMAT = "jaxobs.sync"
+MARKER_VERSION = "1.0"
 
 
-MARKER_VERSION = 1
+# Markers written before the shared version check hold ``"version": 1`` (an integer).
+_LEGACY_VERSION = 1
+
+
+_REMEDY = (
+    "it records what was already sent to this tracker: move it away (or delete it) and the "
+    "next sync sends the whole run again"
+)
+
+
+_NOT_A_MARKER = (
+    "jaxobs keeps sync/<tracker>.json to record what it sent to that tracker; move this file "
+    "away and the next sync sends the whole run again"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,30 +105,60 @@ class SyncMarker:
         self.path = pathlib.Path(run_dir) / MARKER_DIR / f"{tracker}.json"
         self.tracker = tracker
         self.destination = destination
-        entry = self._load().get(destination, {})
+        entry = self._entry()
         self.sent_through_ns: int | None = entry.get("sent_through_ns")
-        self.records: int = int(entry.get("records", 0))
+        self.records: int = entry.get("records", 0)
         self.last_step: int | None = entry.get("last_step")
         self.info: dict[str, Any] = dict(entry.get("info", {}))
 
+    def _entry(self) -> dict[str, Any]:
+        """This destination's entry of the marker on disk, checked ({} when there is none)."""
+        destinations = self._load()
+        if self.destination not in destinations:
+            return {}
+        where = f"destinations{subscript(self.destination)}"
+        try:
+            entry = FieldReader(
+                destinations[self.destination], where, str(self.path), error=SyncMarkerError
+            )
+            return {
+                "sent_through_ns": entry.get(
+                    "sent_through_ns", int, None, "an integer (ns since the epoch) or null"
+                ),
+                "records": entry.get("records", int, 0, "an integer"),
+                "last_step": entry.get("last_step", int, None, "an integer step or null"),
+                "info": entry.get("info", dict, dict, "an object"),
+            }
+        except SyncMarkerError as e:
+            raise SyncMarkerError(f"{e}; {_REMEDY}") from None
+
     def _load(self) -> dict[str, Any]:
+        """The marker's destinations as stored (empty when there is no marker yet)."""
         if not self.path.is_file():
             return {}
+        source = str(self.path)
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"{self.path}: unreadable sync marker ({e}); it records what was already sent "
-                "to this tracker. Delete it to send the whole run again."
-            ) from None
-        if not isinstance(data, dict) or data.get("format") != MARKER_FORMAT:
-            raise ValueError(f"{self.path}: not a jaxobs sync marker (format {MARKER_FORMAT!r})")
-        if int(data.get("version", 0)) > MARKER_VERSION:
-            raise ValueError(
-                f"{self.path}: sync marker version {data.get('version')} is newer than this "
-                f"jaxobs understands ({MARKER_VERSION}); upgrade jaxobs"
+            data = load_json_file(self.path, expected="a jaxobs sync marker", error=SyncMarkerError)
+        except SyncMarkerError as e:
+            raise SyncMarkerError(f"{e}; {_REMEDY}") from None
+        except OSError as e:
+            raise SyncMarkerError(f"{source}: unreadable sync marker ({e}); {_REMEDY}") from None
+        if not isinstance(data, dict):
+            raise SyncMarkerError(
+                f"{source}: not a jaxobs sync marker: expected a JSON object, got "
+                f"{kind_of(data)}; {_NOT_A_MARKER}"
             )
-        return dict(data.get("destinations", {}))
+        check_format(
+            data,
+            source,
+            MARKER_FORMAT,
+            what="a jaxobs sync marker",
+            error=SyncMarkerError,
+            note=_NOT_A_MARKER,
+        )
+        _check_marker_version(data, source)
+        top = FieldReader(data, "", source, error=SyncMarkerError)
+        return dict(top.get("destinations", dict, dict, "an object of destinations"))
 
     def advance(self, event: Event) -> None:
         """Count ``event`` as sent (in memory; `save` writes it)."""
@@ -120,15 +179,35 @@ class SyncMarker:
             "updated_ns": time.time_ns(),
             "info": to_config(self.info, "sync marker"),
         }
-        data = {"format": MARKER_FORMAT, "version": MARKER_VERSION, "destinations": destinations}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".marker-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        data = {
+            "format": MARKER_FORMAT,
+            "schema_version": MARKER_VERSION,
+            "destinations": destinations,
+        }
+        write_text_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def _check_marker_version(data: dict[str, Any], source: str) -> str:
+    """The marker's version: its ``schema_version``, or ``"1.0"`` for an old marker with the
+    integer ``version`` 1. A newer major version is refused."""
+    if "schema_version" in data or "version" not in data:
+        return check_version(
+            data,
+            source,
+            "sync marker",
+            current=MARKER_VERSION,
+            error=SyncMarkerError,
+            too_new=SyncMarkerError,
+        )
+    legacy = data["version"]
+    if isinstance(legacy, bool) or not isinstance(legacy, int):
+        raise SyncMarkerError(
+            f'{source}: version: expected the integer 1 (or a "schema_version" string like '
+            f'"1.0"), got {kind_of(legacy)}; {_REMEDY}'
+        )
+    if legacy > _LEGACY_VERSION:
+        raise SyncMarkerError(
+            f"{source}: sync marker version {legacy} is newer than this jaxobs understands "
+            f"({_LEGACY_VERSION}); upgrade jaxobs (pip install -U jaxobs)"
+        )
+    return f"{legacy}.0"

@@ -1,21 +1,19 @@
-"""The data model of a training run and its stable JSON format.
-
-The pieces, smallest first:
+"""The TrainLog format: the stable JSON file a run lowers to (``trainlog.json``).
 
 - `Series`: one named scalar metric as stored in a file.
-- `Curve`: a builder for one metric over steps.
-- `MetricHistory`: a builder for several metrics logged in aligned rows.
-- `TrainLog`: the persisted artifact (title, steps, series, notes, plus run metadata and
-  artifacts); `TrainLog.write_json` and `TrainLog.read_json` are the codec.
-- `RunInfo`, `Artifact`, `ExperimentLog`: run metadata, config and files, lowering to a
-  `TrainLog` with `ExperimentLog.to_trainlog`.
-- `LogDestination`: where a routine sends its log (a JSON path, or disabled).
-- `ConfusionMatrix`: a classification confusion matrix with its own small JSON codec.
+- `RunInfo`: the run's metadata and config; `Artifact`: a file the run produced.
+- `TrainLog`: the persisted log (title, steps, series, notes, run metadata, artifacts);
+  `TrainLog.write_json` and `TrainLog.read_json` are the codec, `TrainLog.dumps` the
+  canonical text.
+- `schema_path`: the JSON Schema shipped with the package.
 
-The format is specified in ``docs/trainlog-format.md`` and shipped as a JSON Schema
-(`schema_path`). In short: finite floats are JSON numbers, non-finite ones the strings
-``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; missing optional fields take their defaults;
-unknown keys are kept and written back; a file of a newer major ``schema_version`` is refused.
+The builders that produce a TrainLog (`Curve`, `MetricHistory`, `ExperimentLog`) are in
+`jaxobs._src.formats.experiment`.
+
+The format is specified in ``docs/trainlog-format.md``. In short: finite floats are JSON
+numbers, non-finite ones the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; missing
+optional fields take their defaults; unknown keys are kept and written back; a file of a
+newer major ``schema_version`` is refused.
 """
 
 from __future__ import annotations
@@ -39,12 +37,15 @@ from jaxobs._src.formats.codec import (
 )
 from jaxobs._src.formats.config import scalar, to_config
 from jaxobs._src.formats.errors import TrainLogError
-from jaxobs._src.formats.fields import REQUIRED, FieldReader, check_version
+from jaxobs._src.formats.fields import (
+    REQUIRED,
+    TRAINLOG_FORMAT,
+    FieldReader,
+    check_format,
+    check_version,
+)
 
 SCHEMA_VERSION = "1.0"
-
-
-TRAINLOG_FORMAT = "jaxobs.trainlog"
 
 
 def schema_path() -> pathlib.Path:
@@ -124,13 +125,13 @@ class Series(JsonEq):
 
     @classmethod
     def from_json(cls, data: Any, where: str = "series", source: str = "<data>") -> Series:
-        r = FieldReader(data, f"{where}.", source)
+        r = FieldReader(data, where, source)
         return r.build(
             cls,
-            name=r.str("name", REQUIRED),
+            name=r.string("name", REQUIRED),
             values=r.floats("values"),
             steps=r.ints("steps", None),
-            color=r.str("color"),
+            color=r.string("color"),
         )
 
 
@@ -184,16 +185,16 @@ class RunInfo(JsonEq):
 
     @classmethod
     def from_json(cls, data: Any, where: str = "run", source: str = "<data>") -> RunInfo:
-        r = FieldReader(data, f"{where}.", source)
+        r = FieldReader(data, where, source)
         # Config is free-form JSON: its strings stay strings (a non-finite float in a config
         # is written as its sentinel string and read back as that string).
         config = r.get("config", dict, dict, "an object")
         return r.build(
             cls,
-            project=r.str("project"),
-            name=r.str("name"),
-            run_id=r.str("run_id"),
-            group=r.str("group"),
+            project=r.string("project"),
+            name=r.string("name"),
+            run_id=r.string("run_id"),
+            group=r.string("group"),
             tags=r.strs("tags"),
             config=config,
         )
@@ -233,13 +234,13 @@ class Artifact(JsonEq):
 
     @classmethod
     def from_json(cls, data: Any, where: str = "artifact", source: str = "<data>") -> Artifact:
-        r = FieldReader(data, f"{where}.", source)
+        r = FieldReader(data, where, source)
         return r.build(
             cls,
-            name=r.str("name", REQUIRED),
-            path=r.str("path", REQUIRED),
-            kind=r.str("kind"),
-            description=r.str("description"),
+            name=r.string("name", REQUIRED),
+            path=r.string("path", REQUIRED),
+            kind=r.string("kind"),
+            description=r.string("description"),
         )
 
 
@@ -344,9 +345,7 @@ class TrainLog(JsonEq):
           TrainLogError: the data does not have the TrainLog form; the message names the field.
         """
         version = check_version(data, source, "TrainLog", current=SCHEMA_VERSION)
-        fmt = data.get("format", TRAINLOG_FORMAT)
-        if fmt != TRAINLOG_FORMAT:
-            raise TrainLogError(f"{source}: format is {fmt!r}, expected {TRAINLOG_FORMAT!r}")
+        check_format(data, source, TRAINLOG_FORMAT, what="a TrainLog", default=TRAINLOG_FORMAT)
         r = FieldReader(data, "", source)
         r.seen.update({"schema_version", "format"})
         series_data = r.get("series", list, list, "a list of series objects")
@@ -354,7 +353,7 @@ class TrainLog(JsonEq):
         artifacts = r.get("artifacts", list, list, "a list of artifact objects")
         try:
             return cls(
-                title=r.str("title"),
+                title=r.string("title"),
                 steps=r.ints("steps"),
                 series=[
                     Series.from_json(s, f"series[{i}]", source) for i, s in enumerate(series_data)

@@ -1,11 +1,16 @@
-"""Local sinks. A sink is any object with ``handle_<event_type>(event)`` methods."""
+"""The terminal sink: a progress bar, the latest metrics and health alerts (rich).
+
+A sink is any object with ``handle_<event_type>(event)`` methods. Numbers are written with
+`jaxobs._src.analysis.text.format_value`, re-exported here for older imports.
+"""
 
 from __future__ import annotations
 
-import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from jaxobs._src.analysis.text import format_value
 from jaxobs._src.formats.events import Event
 
 __all__ = ["TerminalSink", "format_value"]
@@ -17,15 +22,6 @@ _SEVERITY_STYLE = {
     "danger": "bold red",
     "critical": "bold white on red",
 }
-
-
-def format_value(x: float) -> str:
-    """A metric value in at most ~8 characters."""
-    if not math.isfinite(x):
-        return str(x)
-    if x == 0 or 1e-3 <= abs(x) < 1e5:
-        return f"{x:.4g}"
-    return f"{x:.3e}"
 
 
 class TerminalSink:
@@ -93,7 +89,9 @@ class TerminalSink:
         self._task = self._progress.add_task("train", total=self.total_steps, rate="")
         # The bar on one line, the latest metrics on the next (cut to the terminal's width).
         self._live = Live(
-            Group(self._progress, _MetricsLine(self)), console=self.console, refresh_per_second=4
+            Group(self._progress, _MetricsLine(self._metrics_text)),
+            console=self.console,
+            refresh_per_second=4,
         )
         self._live.start()
 
@@ -129,6 +127,7 @@ class TerminalSink:
         )
 
     def _metrics_text(self) -> str:
+        """The latest metrics as one line: ``train/loss=0.1234  val/loss=0.2``."""
         keys = self.keys
         if keys is None:  # losses first, then other train/ and val/ metrics, else anything
             preferred = [k for k in self.latest if k.startswith(("train/", "val/"))]
@@ -178,13 +177,13 @@ class TerminalSink:
 class _MetricsLine:
     """The latest metrics as one line, rendered on each refresh of the live display."""
 
-    def __init__(self, sink: TerminalSink):
-        self.sink = sink
+    def __init__(self, render: Callable[[], str]):
+        self.render = render
 
     def __rich__(self):
         from rich.text import Text
 
-        return Text(self.sink._metrics_text(), no_wrap=True, overflow="ellipsis", style="dim")
+        return Text(self.render(), no_wrap=True, overflow="ellipsis", style="dim")
 
 
 def _escape(text: str) -> str:
