@@ -17,7 +17,8 @@ live here, once:
 - **The sync loop**: the records the marker does not hold yet, in order.
 
 A bridge subclasses `TrackerSink`, names itself with `tracker` and `label`, and implements
-the hooks below; only this base class calls the underscored ones.
+the hooks below; only this base class calls the underscored ones. Once the sink is bound
+(`bind`) or replaying (`replay`), its run is `run_info` and `run_dir`.
 
 | hook              | called                                  | default              |
 | ----------------- | --------------------------------------- | -------------------- |
@@ -41,6 +42,7 @@ import math
 import pathlib
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from jaxobs._src.formats.events import Event
@@ -48,7 +50,7 @@ from jaxobs._src.formats.experiment import RunInfo
 from jaxobs._src.formats.rundir import RunRecord, events_of, read_run
 from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
 
-__all__ = ["MarkerClock", "TrackerSink"]
+__all__ = ["Binding", "MarkerClock", "TrackerSink"]
 
 logger = logging.getLogger("jaxobs")
 
@@ -113,6 +115,21 @@ class MarkerClock:
         return sent
 
 
+@dataclass
+class Binding:
+    """The run a `TrackerSink` is open for: made whole in `bind` or `replay`.
+
+    Attributes:
+      info: The run's metadata and config.
+      run_dir: The run directory.
+      clock: The marker clock of the destination.
+    """
+
+    info: RunInfo
+    run_dir: pathlib.Path
+    clock: MarkerClock
+
+
 class TrackerSink:
     """The base of the tracker bridges: marker clock, delivery, failure policy, sync loop.
 
@@ -126,9 +143,7 @@ class TrackerSink:
     replay_skips: ClassVar[tuple[str, ...]] = ("tracker",)  # record types a replay leaves out
 
     def __init__(self) -> None:
-        self._run_dir: pathlib.Path | None = None
-        self._info: RunInfo | None = None
-        self._clock: MarkerClock | None = None
+        self._binding: Binding | None = None  # set by `bind` or `replay`
         self._replaying = False  # a sync: errors are raised, not reported
         self._failed = False
         self._ended = False
@@ -180,24 +195,57 @@ class TrackerSink:
         """Where the tracker wrote (a W&B run directory, a log directory), for `replay`."""
         return None
 
+    # -- the bound run
+
+    @property
+    def run_info(self) -> RunInfo:
+        """The metadata and config of the run this sink is open for.
+
+        Raises:
+          RuntimeError: the sink is not bound to a run yet (see `run_dir`).
+        """
+        return self._bound_run().info
+
+    @property
+    def run_dir(self) -> pathlib.Path:
+        """The directory of the run this sink is open for.
+
+        Raises:
+          RuntimeError: the sink is not bound to a run yet: pass it to `jaxobs.init` (or
+            call `bind`), or `replay` a run directory, first.
+        """
+        return self._bound_run().run_dir
+
+    def _bound_run(self) -> Binding:
+        if self._binding is None:
+            raise RuntimeError(
+                f"this {self.label} sink is not bound to a run: pass it to jaxobs.init "
+                "(or call bind(run)), or replay a run directory, first"
+            )
+        return self._binding
+
     # -- live
 
     def bind(self, run: Any) -> None:
         """Open the tracker for the jaxobs `run`; called by `jaxobs.init`."""
-        self._open(run.info, run.dir)
-        if self._clock is not None:
-            self._clock.run = run
+        self._open(run.info, run.dir, run=run)
         self._bound(run)
         run.emit("tracker", **self.describe())
 
-    def _open(self, info: RunInfo, run_dir: str | pathlib.Path, marker: SyncMarker | None = None):
-        self._info, self._run_dir = info, pathlib.Path(run_dir)
-        destination = self._start(info, self._run_dir, marker)
+    def _open(
+        self,
+        info: RunInfo,
+        run_dir: str | pathlib.Path,
+        marker: SyncMarker | None = None,
+        run: Any = None,
+    ) -> None:
+        path = pathlib.Path(run_dir)
+        destination = self._start(info, path, marker)
         if marker is None:
-            marker = SyncMarker(self._run_dir, self.tracker, destination)
-            self._clock = MarkerClock(marker)
+            clock = MarkerClock(SyncMarker(path, self.tracker, destination), run=run)
         else:  # a replay saves its marker once, when the tracker has everything
-            self._clock = MarkerClock(marker, every_s=math.inf)
+            clock = MarkerClock(marker, every_s=math.inf, run=run)
+        self._binding = Binding(info, path, clock)
 
     def handle_event(self, event: Event) -> None:
         """Send one jaxobs event to the tracker (the dispatcher calls this for every event).
@@ -217,11 +265,11 @@ class TrackerSink:
             self._failed = True
             self._report(e, event)
             return
-        if self._clock is not None and event.type != "run_end":
-            self._clock.tick(event, self._marker_info())
+        if self._binding is not None and event.type != "run_end":
+            self._binding.clock.tick(event, self._marker_info())
 
     def _report(self, error: Exception, event: Event) -> None:
-        where = self._run_dir or "the run directory"
+        where = self._binding.run_dir if self._binding is not None else "the run directory"
         logger.warning(
             "jaxobs: %s failed: %s: %s (on %s at step %s). Training goes on and %s is "
             "complete; %s gets nothing more from this run: send the rest later with "
@@ -238,18 +286,18 @@ class TrackerSink:
         )
 
     def _on_run_end(self, event: Event) -> None:
-        if self._clock is not None:  # what a full queue kept from this sink, from the file
-            self._clock.catch_up(self.handle_event)
+        if self._binding is not None:  # what a full queue kept from this sink, from the file
+            self._binding.clock.catch_up(self.handle_event)
         self._end_run(event)
         self._ended = True
-        if self._clock is not None:
-            self._clock.marker.advance(event)
+        if self._binding is not None:
+            self._binding.clock.marker.advance(event)
         self._finish_run(event)
 
     def _save_marker(self, info: Mapping[str, Any] | None = None) -> None:
         """Save the marker now (with `info`, by default `_marker_info()`)."""
-        if self._clock is not None:
-            self._clock.save(self._marker_info() if info is None else info)
+        if self._binding is not None:
+            self._binding.clock.save(self._marker_info() if info is None else info)
 
     def close(self) -> None:
         """Release the tracker (the run ended, or the run's dispatcher is shutting down).

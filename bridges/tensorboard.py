@@ -58,7 +58,7 @@ HPARAMS_DIR = "hparams"
 _FINAL_PREFIXES = ("train/", "val/", "test/", "eval/")
 
 
-def _tensorboardx():
+def _tensorboardx() -> Any:  # the tensorboardX module (it ships no type information)
     try:
         import tensorboardX
     except ImportError:
@@ -151,7 +151,7 @@ class TensorBoardSink(TrackerSink):
         return {"global_step": event.step or 0, "walltime": event.timestamp_ns / 1e9}
 
     def _on_run_start(self, event: Event) -> None:
-        run = self._info
+        run = self.run_info
         lines = [f"**{run.project}/{run.run_id}** ({run.name})"]
         if run.group:
             lines.append(f"group: {run.group}")
@@ -248,7 +248,7 @@ class TensorBoardSink(TrackerSink):
 
     def _end_run(self, event: Event) -> None:
         if self.hparams:
-            hparams = _hparams(self._config) or {"run_id": self._info.run_id}
+            hparams = _hparams(self._config) or {"run_id": self.run_info.run_id}
             metrics = dict(self._final)
             self.writer.add_hparams(hparams, metrics, name=HPARAMS_DIR, global_step=event.step)
 

@@ -49,7 +49,7 @@ import os
 import pathlib
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxobs._src.analysis.summary import direction
 from jaxobs._src.formats.events import Event
@@ -58,6 +58,9 @@ from jaxobs._src.formats.rundir import RunRecord, read_run
 from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
 from jaxobs._src.host.alerts import SEVERITY_CODE
 from jaxobs.bridges._tracker import TrackerSink
+
+if TYPE_CHECKING:  # wandb is optional and imported where used
+    from wandb import Run as WandbRun
 
 __all__ = ["WandbSink", "sync"]
 
@@ -70,7 +73,7 @@ _GOALS = ("min", "max", "mean", "last", "best", "none")
 _data_dir_set: str | None = None
 
 
-def _wandb():
+def _wandb() -> Any:  # the wandb module, imported on first use
     try:
         import wandb
     except ImportError:
@@ -171,7 +174,7 @@ class WandbSink(TrackerSink):
         self.artifacts = artifacts
         self.alerts = alerts
         self.init_kwargs = dict(init_kwargs or {})
-        self.wandb_run: Any = None  # the W&B run, once started or adopted
+        self.wandb_run: WandbRun | None = None  # the W&B run, once started or adopted
         self.sweep_id: str | None = None
         self._owns = False
         self._defined: set[str] = set()
@@ -185,8 +188,14 @@ class WandbSink(TrackerSink):
         """Whether a W&B run was started or adopted."""
         return self.wandb_run is not None
 
+    def _wrun(self) -> WandbRun:
+        """The W&B run, for the hooks that run only while the sink is open (`is_open`)."""
+        if self.wandb_run is None:
+            raise RuntimeError("this W&B sink has no W&B run yet: it is not bound to a run")
+        return self.wandb_run
+
     def _bound(self, run: Any) -> None:
-        wrun = self.wandb_run
+        wrun = self._wrun()
         config = {k: v for k, v in dict(wrun.config).items() if not k.startswith("_")}
         mine = run.config
         changed = {k: v for k, v in config.items() if k not in mine or mine[k] != v}
@@ -224,7 +233,7 @@ class WandbSink(TrackerSink):
     def _log(self, event: Event, row: dict[str, Any]) -> None:
         row[STEP_KEY] = event.step if event.step is not None else 0
         row["_timestamp"] = event.timestamp_ns / 1e9
-        self.wandb_run.log(row)
+        self._wrun().log(row)
 
     def _on_metrics(self, event: Event) -> None:
         values = dict(event.metrics)
@@ -233,7 +242,7 @@ class WandbSink(TrackerSink):
                 self._defined.add(key)
                 goal = self.summary.get(key) or direction(key)
                 if goal is not None:
-                    self.wandb_run.define_metric(key, step_metric=STEP_KEY, summary=goal)
+                    self._wrun().define_metric(key, step_metric=STEP_KEY, summary=goal)
         self._log(event, values)
 
     def _on_histograms(self, event: Event) -> None:
@@ -274,7 +283,7 @@ class WandbSink(TrackerSink):
         if plot and pathlib.Path(plot).is_file():
             with contextlib.suppress(ImportError):  # wandb.Image needs pillow
                 self._log(event, {"health/failure_signature": _wandb().Image(str(plot))})
-        self.wandb_run.summary["health/crash_dump"] = str(event.data.get("path"))
+        self._wrun().summary["health/crash_dump"] = str(event.data.get("path"))
 
     def _on_artifact(self, event: Event) -> None:
         if not self.artifacts:
@@ -282,7 +291,7 @@ class WandbSink(TrackerSink):
         record = dict(event.data.get("artifact", {}))
         path = pathlib.Path(record.get("path", ""))
         if not path.is_absolute():
-            path = self._run_dir / path
+            path = self.run_dir / path
         kind = str(record.get("kind") or "file")
         paths = [path]
         if kind == "crash_dump":  # the dump's checkpoint goes with it
@@ -297,29 +306,31 @@ class WandbSink(TrackerSink):
         if not present:
             logger.warning("jaxobs: W&B artifact %r: %s is missing; not sent", name, paths[0])
             return
-        self.wandb_run.log_artifact(_artifact(self._info.run_id, name, kind, present, meta))
+        self._wrun().log_artifact(_artifact(self.run_info.run_id, name, kind, present, meta))
 
     def _on_config_update(self, event: Event) -> None:
-        current = dict(self.wandb_run.config)
+        wrun = self._wrun()
+        current = dict(wrun.config)
         changed = {
             k: v for k, v in event.data.get("config", {}).items() if current.get(k, _MISSING) != v
         }
         if changed:
-            self.wandb_run.config.update(changed, allow_val_change=True)
+            wrun.config.update(changed, allow_val_change=True)
 
     def _on_note(self, event: Event) -> None:
-        notes = self.wandb_run.notes or ""
-        self.wandb_run.notes = (notes + "\n" if notes else "") + str(event.data.get("text", ""))
+        wrun = self._wrun()
+        notes = wrun.notes or ""
+        wrun.notes = (notes + "\n" if notes else "") + str(event.data.get("text", ""))
 
     # -- ending
 
     def _end_run(self, event: Event) -> None:
         status = str(event.data.get("status", "finished"))
-        summary = self.wandb_run.summary
+        summary = self._wrun().summary
         summary["jaxobs/status"] = status
         if event.data.get("last_step") is not None:
             summary["jaxobs/last_step"] = event.data["last_step"]
-        trainlog = self._run_dir / "trainlog.json"
+        trainlog = self.run_dir / "trainlog.json"
         if self.artifacts and trainlog.is_file():
             self._log_artifact("trainlog", "trainlog", [trainlog], {"description": status})
 
@@ -329,7 +340,7 @@ class WandbSink(TrackerSink):
             self._finish(0 if status == "finished" else 1)
 
     def _finish(self, exit_code: int) -> None:
-        wrun, self._owns = self.wandb_run, False
+        wrun, self._owns = self._wrun(), False
         info = self.describe()
         wrun.finish(exit_code=exit_code)
         self._save_marker(info)  # after finish: what the marker says W&B has, it has
@@ -351,7 +362,7 @@ class WandbSink(TrackerSink):
 
     def _end_replay(self, record: RunRecord) -> None:
         if record.status == "incomplete":
-            self.wandb_run.summary["jaxobs/status"] = "incomplete"
+            self._wrun().summary["jaxobs/status"] = "incomplete"
         self.describe()  # where W&B wrote, kept for the result once the run is finished
         if self._owns:  # a run that never ended: no run_end record finished it
             self._finish(0)
@@ -485,7 +496,7 @@ def sync(
     """
     wandb = _wandb()
     record = read_run(pathlib.Path(run_dir).absolute())
-    live = next(
+    live: dict[str, Any] = next(
         (
             e
             for e in reversed(record.events)

@@ -1,6 +1,7 @@
 """On-device histograms: `jaxobs.stats.histogram`, ``observe(histograms=N)`` and
-`jaxobs.Run.log_histograms`, checked against `numpy.histogram` and against events.jsonl read
-back with json only."""
+`jaxobs.Run.log_histograms`, checked against `numpy.histogram`. Values are read from the
+run's events as the sinks receive them (`jaxobs.testing.capture_run`); the layout of the
+records is checked on events.jsonl read back with json only."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from helpers import read_events
 
 import jaxobs
 from jaxobs import stats
+from jaxobs.testing import capture_run
 
 F32_EPS = float(np.finfo(np.float32).eps)
 OBSERVE_EVERY = 3  # observe(histograms=3)
@@ -227,10 +229,11 @@ def _leaf_paths(tree) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory):
-    """tiny_train's step observed with histograms every 3 steps and 16 bins: the records and
-    every state (states[0] the initial one, states[i + 1] the one call i returned)."""
+    """tiny_train's step observed with histograms every 3 steps and 16 bins: the histograms
+    events as the sinks received them, every state (states[0] the initial one, states[i + 1]
+    the one call i returned), and the histograms records of events.jsonl."""
     root = tmp_path_factory.mktemp("observed")
-    with jaxobs.init("hist", dir=root, config=tiny_train.DEFAULTS, terminal=False) as run:
+    with capture_run("hist", dir=root, config=tiny_train.DEFAULTS) as (run, capture):
         state = tiny_train.make_state(run.config)
         step = jaxobs.observe(
             tiny_train.step_fn, histograms=OBSERVE_EVERY, histogram_bins=OBSERVE_BINS
@@ -240,21 +243,30 @@ def observed(tmp_path_factory):
         for _ in range(OBSERVE_STEPS):
             state, _ = step(state, x, y)
             states.append(state)
-    hist = [e for e in read_events(run.dir) if e["event"] == "histograms"]
-    return hist, states
+    hist = capture.of_type("histograms")
+    on_file = [e for e in read_events(run.dir) if e["event"] == "histograms"]
+    return hist, states, on_file
 
 
 def test_observe_histogram_steps(observed):
     """Histogram records come exactly every N steps of the TrainState's counter."""
-    hist, states = observed
+    hist, states, on_file = observed
     assert [int(s.step) for s in states] == list(range(OBSERVE_STEPS + 1))
-    assert [e["step"] for e in hist] == list(range(0, OBSERVE_STEPS, OBSERVE_EVERY))
-    assert all(e["level"] == "DETAILED" for e in hist)
+    assert [e.step for e in hist] == list(range(0, OBSERVE_STEPS, OBSERVE_EVERY))
+    assert [e["step"] for e in on_file] == [e.step for e in hist]
+    assert all(e.level == jaxobs.Level.DETAILED for e in hist)
+    assert all(e["level"] == "DETAILED" for e in on_file)
+
+
+def test_observe_histogram_records_on_file_hold_what_the_sinks_got(observed):
+    """events.jsonl holds each histograms event as the sinks received it (JSON lists)."""
+    hist, _, on_file = observed
+    assert [r["values"] for r in on_file] == [e.data["values"] for e in hist]
 
 
 def test_observe_histogram_names_and_shapes(observed):
     """params/, updates/ and grads/ of every parameter leaf, each with B + 1 edges and B counts."""
-    hist, states = observed
+    _, states, hist = observed  # the layout of the records on file
     leaves = _leaf_paths(states[0].params)
     assert any(name.startswith("params/Dense_0/") for name in leaves)
     expected = {f"{group}/{path}" for group in ("params", "updates", "grads") for path in leaves}
@@ -268,10 +280,10 @@ def test_observe_histogram_names_and_shapes(observed):
 
 def test_observe_histogram_counts_every_element(observed):
     """Each histogram counts every element of its leaf exactly once."""
-    hist, states = observed
+    hist, states, _ = observed
     sizes = {path: leaf.size for path, leaf in _leaf_paths(states[0].params).items()}
-    for record in hist:
-        for name, h in record["values"].items():
+    for event in hist:
+        for name, h in event.data["values"].items():
             path = name.split("/", 1)[1]
             assert sum(h["counts"]) == sizes[path], name
 
@@ -279,32 +291,31 @@ def test_observe_histogram_counts_every_element(observed):
 @pytest.mark.parametrize("group", ["params", "updates"])
 def test_observe_histograms_match_numpy(observed, group):
     """The record at step s bins the parameters returned by call s (and their update) like NumPy."""
-    hist, states = observed
-    for record in hist:
-        s = record["step"]
+    hist, states, _ = observed
+    for event in hist:
+        s = event.step
         after = _leaf_paths(states[s + 1].params)
         before = _leaf_paths(states[s].params)
         for path, new in after.items():
             leaf = new if group == "params" else (new - before[path])  # float32 arithmetic
             samples = _finite64(leaf)
-            h = record["values"][f"{group}/{path}"]
+            h = event.data["values"][f"{group}/{path}"]
             _, edges = np.histogram(samples, OBSERVE_BINS)
             np.testing.assert_allclose(h["edges"], edges, rtol=1e-6)
             _assert_counts_match(h["counts"], samples, edges)
             _assert_sums_close(h["sum"], h["sum_squares"], samples)
 
 
-def test_observe_without_histograms(tmp_path):
+def test_observe_without_histograms():
     """histograms=0 (the default) records no histograms."""
-    with jaxobs.init("hist", dir=tmp_path, config=tiny_train.DEFAULTS, terminal=False) as run:
+    with capture_run("hist", config=tiny_train.DEFAULTS) as (run, capture):
         state = tiny_train.make_state(run.config)
         step = jaxobs.observe(tiny_train.step_fn)
         x, y = tiny_train.data()
         for _ in range(2):
             state, _ = step(state, x, y)
-    events = read_events(run.dir)
-    assert [e["step"] for e in events if e["event"] == "metrics"] == [0, 1]
-    assert not [e for e in events if e["event"] == "histograms"]
+    assert [e.step for e in capture.of_type("metrics")] == [0, 1]
+    assert not capture.of_type("histograms")
 
 
 @pytest.mark.parametrize(
@@ -334,31 +345,59 @@ def test_observe_accepts_512_bins():
 
 
 @pytest.fixture
-def run(tmp_path):
-    """A run in tmp_path, finished after the test."""
-    with jaxobs.init("loghist", dir=tmp_path, terminal=False) as r:
-        yield r
+def captured(tmp_path):
+    """A run in tmp_path with a capture of its events, finished after the test."""
+    with capture_run("loghist", dir=tmp_path) as pair:
+        yield pair
+
+
+@pytest.fixture
+def run(captured):
+    """The run of `captured`."""
+    return captured[0]
 
 
 def _histogram_records(run) -> list[dict]:
+    """The histograms records of events.jsonl, read with json."""
     return [e for e in read_events(run.dir) if e["event"] == "histograms"]
 
 
-def test_log_histograms_numpy_pair(run):
+def _histogram_events(captured) -> list[jaxobs.Event]:
+    """The histograms events the sinks received so far."""
+    run, capture = captured
+    run.flush()
+    return capture.of_type("histograms")
+
+
+def test_log_histograms_numpy_pair(captured):
     """(counts, edges) from numpy.histogram is recorded as they are."""
+    run, _ = captured
     samples = np.random.default_rng(1).normal(size=500)
     counts, edges = np.histogram(samples, bins=10)
     run.log_histograms({"w": (counts, edges)}, step=3)
+    [event] = _histogram_events(captured)
+    assert event.step == 3
+    assert event.data["values"] == {"w": {"edges": edges.tolist(), "counts": counts.tolist()}}
+
+
+def test_log_histograms_mapping_on_file(captured):
+    """events.jsonl holds a logged histogram as the sinks received it, sums included."""
+    run, _ = captured
+    h = {"counts": [1, 0, 2], "edges": [-1.0, 0.0, 0.5, 2.0], "sum": 1.5, "sum_squares": 4.25}
+    run.log_histograms({"a/b": h}, step=2)
     [record] = _histogram_records(run)
-    assert record["step"] == 3
-    assert record["values"] == {"w": {"edges": edges.tolist(), "counts": counts.tolist()}}
+    [event] = _histogram_events(captured)
+    assert record["step"] == event.step == 2 and record["level"] == "DETAILED"
+    assert record["values"] == event.data["values"]
 
 
-def test_log_histograms_mapping(run):
+def test_log_histograms_mapping(captured):
     """A mapping with counts, edges, sum and sum_squares is recorded as given."""
+    run, _ = captured
     h = {"counts": [1, 0, 2], "edges": [-1.0, 0.0, 0.5, 2.0], "sum": 1.5, "sum_squares": 4.25}
     run.log_histograms({"a/b": h, "c": {"counts": [4], "edges": [1.0, 1.0]}}, step=0)
-    [record] = _histogram_records(run)
+    [event] = _histogram_events(captured)
+    record = event.data
     assert record["values"]["a/b"] == {
         "edges": [-1.0, 0.0, 0.5, 2.0],
         "counts": [1.0, 0.0, 2.0],
@@ -369,13 +408,14 @@ def test_log_histograms_mapping(run):
 
 
 @pytest.mark.parametrize("as_jax", [False, True], ids=["numpy", "jax"])
-def test_log_histograms_samples(run, as_jax):
+def test_log_histograms_samples(captured, as_jax):
     """An array of samples is binned into 64 bins over its finite values, like numpy."""
+    run, _ = captured
     samples = np.random.default_rng(2).uniform(-2.0, 7.0, size=(40, 30)).astype(np.float32)
     samples[0, :5] = [np.nan, np.inf, -np.inf, np.nan, np.inf]
     run.log_histograms({"x": jnp.asarray(samples) if as_jax else samples}, step=1)
-    [record] = _histogram_records(run)
-    h = record["values"]["x"]
+    [event] = _histogram_events(captured)
+    h = event.data["values"]["x"]
     finite = _finite64(samples)
     counts, edges = np.histogram(finite, 64)
     assert h["counts"] == counts.tolist()
@@ -384,12 +424,13 @@ def test_log_histograms_samples(run, as_jax):
     assert h["sum_squares"] == pytest.approx((finite * finite).sum(), rel=1e-12)
 
 
-def test_log_histograms_default_step(run):
+def test_log_histograms_default_step(captured):
     """Without a step: the last step logged."""
+    run, _ = captured
     run.log({"loss": 1.0}, step=4)
     run.log_histograms({"x": [1.0, 2.0, 3.0]})
-    [record] = _histogram_records(run)
-    assert record["step"] == 4
+    [event] = _histogram_events(captured)
+    assert event.step == 4
 
 
 _EDGES = [0.0, 1.0, 2.0, 3.0]
@@ -412,13 +453,15 @@ _BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(_BAD))
-def test_log_histograms_rejects_malformed(run, case):
+def test_log_histograms_rejects_malformed(captured, case):
     """A malformed histogram raises naming it, and nothing of the call is recorded."""
+    run, _ = captured
     value, error = _BAD[case]
     good = {"counts": [1.0], "edges": [0.0, 1.0]}
     with pytest.raises(error, match="layer/bad"):
         run.log_histograms({"ok": good, "layer/bad": value}, step=0)
     assert _histogram_records(run) == []
+    assert _histogram_events(captured) == []
 
 
 def test_log_histograms_rejects_pair_of_equal_lengths(run):

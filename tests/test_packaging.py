@@ -5,14 +5,14 @@ import subprocess
 import sys
 import textwrap
 
-from helpers import PYTHON
+from helpers import PYTHON, REPO
 
 HEAVY = ("wandb", "tensorboardX", "tensorboard", "matplotlib", "plotly", "tensorflow", "torch")
 
 
 def test_import_jaxobs_imports_no_tracker_or_plotting_package(tmp_path):
-    """`import jaxobs` (and its bridges, until they start) never tries to import wandb,
-    tensorboardX, matplotlib or plotly."""
+    """`import jaxobs` (its public modules, and its bridges until they start) never tries to
+    import wandb, tensorboardX, matplotlib or plotly."""
     # A meta-path finder sees every import attempt, even of packages that are not installed.
     script = textwrap.dedent(
         f"""
@@ -26,6 +26,7 @@ def test_import_jaxobs_imports_no_tracker_or_plotting_package(tmp_path):
                 return None
         sys.meta_path.insert(0, Spy())
         import jaxobs, jaxobs.bridges, jaxobs.cli, jaxobs.crash, jaxobs.health, jaxobs.artifacts
+        import jaxobs.testing, jaxobs.stats
         import jaxobs.bridges.wandb, jaxobs.bridges.tensorboard  # trackers load at use
         loaded = [m for m in sys.modules if m.split(".")[0] in HEAVY]
         print(repr((tried, loaded)))
@@ -85,3 +86,21 @@ def test_schema_ships_inside_the_package():
 
     assert jaxobs.schema_path().is_file()
     assert sys.modules["jaxobs"].__file__
+
+
+def test_every_package_folder_is_listed_for_setuptools():
+    """Each folder of jaxobs/ and bridges/ holding Python files is a package (has an
+    __init__.py) named in pyproject.toml's [tool.setuptools] packages, so a wheel ships it."""
+    import tomllib  # Python 3.11+
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = set()
+    for root, name in (("jaxobs", "jaxobs"), ("bridges", "jaxobs.bridges")):
+        for path in sorted((REPO / root).rglob("*.py")):
+            folder = path.parent.relative_to(REPO / root)
+            assert (path.parent / "__init__.py").is_file(), f"{path.parent} has no __init__.py"
+            found.add(".".join([name, *folder.parts]))
+    assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    assert listed - found == set(), "pyproject.toml lists packages that do not exist"

@@ -49,15 +49,15 @@ def run(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if args.to == "wandb":
-            from jaxobs.bridges import wandb as bridge
+            from jaxobs.bridges import wandb as wandb_bridge
 
-            result = bridge.sync(
+            result = wandb_bridge.sync(
                 args.run, project=args.project, entity=args.entity, id=args.id, mode=args.mode
             )
         else:
-            from jaxobs.bridges import tensorboard as bridge
+            from jaxobs.bridges import tensorboard as tensorboard_bridge
 
-            result = bridge.sync(args.run, logdir=args.logdir)
+            result = tensorboard_bridge.sync(args.run, logdir=args.logdir)
     for w in caught:
         if w.category.__name__ == "RunDirWarning":
             print(f"jaxobs: warning: {w.message}", file=sys.stderr)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import pathlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +16,12 @@ from jaxobs._src.analysis.crash_summary import one_line
 from jaxobs._src.analysis.diagnose import diagnosis, layer_norms, layer_stat, rank_by_peak
 from jaxobs._src.formats.codec import PathLike, write_atomic
 from jaxobs._src.formats.crash_dump import CrashDump
+
+if TYPE_CHECKING:  # matplotlib is optional and imported inside `plot` only
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
 # tab10 without its red, which is kept for the trigger line.
 _COLORS = (
@@ -48,7 +56,7 @@ def _shorten(text: str, limit: int) -> str:
 class _Panel:
     """One axis of the figure: lines of finite values, ``x`` marks for non-finite ones."""
 
-    def __init__(self, ax, steps: np.ndarray):
+    def __init__(self, ax: Axes, steps: np.ndarray) -> None:
         self.ax = ax
         self.steps = steps
         self.positive: list[np.ndarray] = []
@@ -113,7 +121,7 @@ class _Panel:
         return use_log
 
 
-def _nonfinite_proxy():
+def _nonfinite_proxy() -> Line2D:
     from matplotlib.lines import Line2D
 
     return Line2D(
@@ -122,14 +130,16 @@ def _nonfinite_proxy():
     )  # fmt: skip
 
 
-def _legend(ax, extra_handles=(), offset_pt: float = 6.0) -> None:
+def _legend(
+    ax: Axes, fig: Figure, extra_handles: Sequence[Artist] = (), offset_pt: float = 6.0
+) -> None:
     """The axis' legend outside on the right, ``offset_pt`` points from its edge, so that it
     never hides a line."""
     from matplotlib.transforms import offset_copy
 
     handles = [*ax.get_legend_handles_labels()[0], *extra_handles]
     if handles:
-        anchor = offset_copy(ax.transAxes, fig=ax.figure, x=offset_pt, y=0.0, units="points")
+        anchor = offset_copy(ax.transAxes, fig=fig, x=offset_pt, y=0.0, units="points")
         ax.legend(
             handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), bbox_transform=anchor,
             fontsize=8, framealpha=0.85, borderaxespad=0.0,
@@ -181,7 +191,7 @@ def _layers_panel(
     ax.set_ylabel(ylabel)
 
 
-def _save_figure(fig, path: pathlib.Path) -> None:
+def _save_figure(fig: Figure, path: pathlib.Path) -> None:
     """Render ``fig`` in the format its suffix names and write it atomically (`write_atomic`)."""
     canvas = fig.canvas
     fmt = path.suffix.lower().lstrip(".") or "png"
@@ -226,7 +236,7 @@ def plot(dump: CrashDump, out_path: PathLike | None = None) -> pathlib.Path:
     steps = dump.steps.astype(np.float64)
 
     fig = Figure(figsize=(10, 8), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)  # Agg for this figure only; pyplot's global state is left alone
+    canvas = FigureCanvasAgg(fig)  # Agg for this figure only; pyplot's state is left alone
     ax_loss, ax_grads, ax_third = fig.subplots(3, 1, sharex=True)
 
     # (a) loss, and the global gradient norm on a twin axis
@@ -234,7 +244,7 @@ def plot(dump: CrashDump, out_path: PathLike | None = None) -> pathlib.Path:
     loss_key = "train/loss"
     if loss_key not in dump.series:
         loss_key = next((k for k in dump.series if k.startswith("train/")), loss_key)
-    handles: list = []
+    handles: list[Artist] = []
     twin = None
     twin_marks = False
     if loss_key in dump.series:
@@ -297,10 +307,14 @@ def plot(dump: CrashDump, out_path: PathLike | None = None) -> pathlib.Path:
     trigger = f"trigger: {dump.trigger_label()}"
     offset_pt = 6.0
     if twin is not None:  # legends go right of the twin axis' ticks and label
-        renderer = fig.canvas.get_renderer()
+        renderer = canvas.get_renderer()
         extra_px = twin.get_tightbbox(renderer).x1 - ax_loss.get_window_extent(renderer).x1
         offset_pt += max(0.0, extra_px) * 72.0 / fig.dpi
-    panels = ((loss_panel, handles), (grads_panel, []), (third, []))
+    panels: tuple[tuple[_Panel, list[Artist]], ...] = (
+        (loss_panel, handles),
+        (grads_panel, []),
+        (third, []),
+    )
     for i, (panel, extra) in enumerate(panels):
         ax = panel.ax
         ax.axvline(
@@ -318,7 +332,7 @@ def plot(dump: CrashDump, out_path: PathLike | None = None) -> pathlib.Path:
         ax.grid(True, which="major", alpha=0.3)
         if panel.marks or (i == 0 and twin_marks):
             extra = [*extra, _nonfinite_proxy()]
-        _legend(ax, extra, offset_pt)
+        _legend(ax, fig, extra, offset_pt)
     ax_loss.annotate(
         trigger,
         xy=(dump.step, 1.0),

@@ -46,7 +46,9 @@ def _describe_divergence(hit: dict[str, Any]) -> str:
     return f"{where}: norm {_fmt(ratio)}x its baseline {_fmt(baseline)}"
 
 
-def _table_columns(dump: CrashDump, hit: dict[str, Any] | None, rows: slice):
+def _table_columns(
+    dump: CrashDump, hit: dict[str, Any] | None, rows: slice
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(header, values, recorded) columns for the last-steps table."""
     columns: list[tuple[str, np.ndarray, np.ndarray]] = []
     for key in ("train/loss", "health/grad_norm"):

@@ -111,7 +111,7 @@ class ConfusionMatrix(JsonEq):
     matrix: list[list[int]]
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.labels = [str(label) for label in self.labels]
         n = len(self.labels)
         rows = [list(row) for row in self.matrix]

@@ -48,7 +48,7 @@ class Curve(JsonEq):
     color: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.steps = as_steps(self.steps, f"curve {self.name!r}") or []
         self.values = [scalar(v, self.name) for v in self.values]
         if len(self.steps) != len(self.values):

@@ -13,7 +13,7 @@ import importlib.metadata
 import json
 import math
 import re
-from typing import Any
+from typing import Any, overload
 
 from jaxobs._src.formats.codec import decode_float, kind_of
 from jaxobs._src.formats.errors import SchemaVersionError, TrainLogError
@@ -178,8 +178,12 @@ class FieldReader:
                 raise self.fail(f"{key}[{i}]", "a string", item)
         return list(items)
 
+    @overload
+    def ints(self, key: str) -> list[int]: ...
+    @overload
+    def ints(self, key: str, default: None) -> list[int] | None: ...
     def ints(self, key: str, default: Any = list) -> list[int] | None:
-        """A list of integers (``default`` when absent)."""
+        """A list of integers (empty when absent, or None with a None ``default``)."""
         items = self.get(key, list, default, "a list of integers")
         if items is None:
             return None

@@ -62,8 +62,10 @@ class JsonEq:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return dumps(self.to_json()) == dumps(other.to_json())  # type: ignore[attr-defined]
+        return dumps(self.to_json()) == dumps(other.to_json())
 
+    # Compared by value and mutable, so unhashable; typeshed declares `__hash__` as a method,
+    # and the standard `__hash__ = None` spelling is not expressible without the ignore.
     __hash__ = None  # type: ignore[assignment]
 
 
@@ -103,7 +105,7 @@ class Series(JsonEq):
     color: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.name, str):
             raise TypeError(f"Series name must be a string, got {type(self.name).__name__}")
         self.values = [scalar(v, self.name) for v in self.values]
@@ -161,7 +163,7 @@ class RunInfo(JsonEq):
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field in ("project", "name", "run_id", "group"):
             if not isinstance(getattr(self, field), str):
                 raise TypeError(f"RunInfo.{field} must be a string, got {getattr(self, field)!r}")
@@ -218,7 +220,7 @@ class Artifact(JsonEq):
     description: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"artifact name must be a non-empty string, got {self.name!r}")
         self.path = os.fspath(self.path)
@@ -273,7 +275,7 @@ class TrainLog(JsonEq):
     schema_version: str = SCHEMA_VERSION
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.steps = as_steps(self.steps, "TrainLog") or []
         self.series = list(self.series)
         if isinstance(self.notes, str):

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from jaxobs._src.analysis.text import format_value
 from jaxobs._src.formats.events import Event
+
+if TYPE_CHECKING:  # rich is imported where used: `import jaxobs` stays light
+    from rich.live import Live
+    from rich.progress import Progress, TaskID
+    from rich.text import Text
 
 __all__ = ["TerminalSink", "format_value"]
 
@@ -54,17 +60,15 @@ class TerminalSink:
         self.keys = list(keys) if keys else None
         self.max_keys = max_keys
         self.latest: dict[str, float] = {}
-        self._progress = None
-        self._live = None
-        self._task = None
+        self._bar: _Bar | None = None  # made on the first metrics while live
 
     @property
     def live(self) -> bool:
         return bool(self.console.is_terminal)
 
-    def _ensure_bar(self) -> None:
-        if self._progress is not None or not self.live:
-            return
+    def _ensure_bar(self) -> _Bar:
+        if self._bar is not None:
+            return self._bar
         from rich.console import Group
         from rich.live import Live
         from rich.progress import (
@@ -76,7 +80,7 @@ class TerminalSink:
             TimeRemainingColumn,
         )
 
-        self._progress = Progress(
+        progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=30),
             MofNCompleteColumn(),
@@ -86,14 +90,16 @@ class TerminalSink:
             TimeRemainingColumn(),
             console=self.console,
         )
-        self._task = self._progress.add_task("train", total=self.total_steps, rate="")
+        task = progress.add_task("train", total=self.total_steps, rate="")
         # The bar on one line, the latest metrics on the next (cut to the terminal's width).
-        self._live = Live(
-            Group(self._progress, _MetricsLine(self._metrics_text)),
+        live = Live(
+            Group(progress, _MetricsLine(self._metrics_text)),
             console=self.console,
             refresh_per_second=4,
         )
-        self._live.start()
+        live.start()
+        self._bar = _Bar(progress, task, live)
+        return self._bar
 
     def handle_run_start(self, event: Event) -> None:
         run = event.data.get("run", {})
@@ -109,19 +115,18 @@ class TerminalSink:
         total = event.data.get("total_steps")
         if total:
             self.total_steps = int(total)
-            if self._progress is not None:
-                self._progress.update(self._task, total=self.total_steps)
+            if self._bar is not None:
+                self._bar.progress.update(self._bar.task, total=self.total_steps)
 
     def handle_metrics(self, event: Event) -> None:
         # Rebind, never mutate: rich's refresh thread reads `latest` concurrently.
         self.latest = {**self.latest, **event.metrics}
         if not self.live:
             return
-        self._ensure_bar()
-        task = self._progress.tasks[0]
-        speed = task.speed
-        self._progress.update(
-            self._task,
+        bar = self._ensure_bar()
+        speed = bar.progress.tasks[0].speed
+        bar.progress.update(
+            bar.task,
             completed=(event.step or 0) + 1,
             rate=f"{speed:.1f} steps/s" if speed else "",
         )
@@ -169,9 +174,18 @@ class TerminalSink:
             self.console.print(f"[bold]jaxobs[/] run [{style}]{status}[/] at step {event.step}")
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = self._progress = None
+        if self._bar is not None:
+            self._bar.live.stop()
+            self._bar = None
+
+
+@dataclass(frozen=True)
+class _Bar:
+    """The live display of one run: the progress bar, its task and the `Live` that shows it."""
+
+    progress: Progress
+    task: TaskID
+    live: Live
 
 
 class _MetricsLine:
@@ -180,7 +194,7 @@ class _MetricsLine:
     def __init__(self, render: Callable[[], str]):
         self.render = render
 
-    def __rich__(self):
+    def __rich__(self) -> Text:
         from rich.text import Text
 
         return Text(self.render(), no_wrap=True, overflow="ellipsis", style="dim")
