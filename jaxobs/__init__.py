@@ -38,7 +38,8 @@ from jaxobs._src.formats.trainlog import SCHEMA_VERSION, Series, TrainLog, schem
 from jaxobs._src.host.alerts import Alert, TrainingHalted
 from jaxobs._src.host.checker import HealthChecker
 from jaxobs._src.host.recorder import FlightRecorder
-from jaxobs._src.host.run import Run, Terminated, active_run, init
+from jaxobs._src.host.run import Run, Terminated, active_run
+from jaxobs._src.host.start import init
 from jaxobs._src.sinks.terminal import TerminalSink
 
 if TYPE_CHECKING:

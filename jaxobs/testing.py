@@ -39,7 +39,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from jaxobs._src.formats.events import Event
-from jaxobs._src.host.run import Run, init
+from jaxobs._src.host.run import Run
+from jaxobs._src.host.start import init
 
 # What JAX records each time it hands a program to XLA (or loads it from the persistent
 # compilation cache): `jax._src.dispatch.BACKEND_COMPILE_EVENT`, spelled out here so that

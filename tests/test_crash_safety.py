@@ -94,6 +94,10 @@ def test_torn_last_line_is_skipped_with_a_warning(tmp_path):
         f.write('{"event":"metrics","level":"BASIC","step":99999,"values":{"train/lo')
     with pytest.warns(jaxobs.RunDirWarning, match=r"events\.jsonl:\d+: the last line is incomp"):
         record = jaxobs.read_run(events.parent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn=False: listed in the record, not warned
+        quiet = jaxobs.read_run(events.parent, warn=False)
+    assert quiet.warnings == record.warnings and "incomplete" in quiet.warnings[0]
     n_metrics = sum(e["event"] == "metrics" for e in complete)
     assert len(record.log.history.curves["step_copy"]) == n_metrics > acked
     assert 99999 not in record.log.history.curves["step_copy"].steps

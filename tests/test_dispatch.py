@@ -1,5 +1,6 @@
 """Event dispatch: sinks, callbacks, the bounded queue's policy, failing sinks, terminal."""
 
+import collections
 import io
 import logging
 import threading
@@ -204,3 +205,108 @@ def test_default_terminal_sink_respects_stdout(tmp_path, capsys):
     with jaxobs.init(project="p", dir=tmp_path) as run:
         run.log({"train/loss": 1.0}, step=0)
     assert capsys.readouterr().out == ""
+
+
+class _SlowCounter(collections.Counter):
+    """A Counter whose read-modify-write of a new key lets other threads run in between."""
+
+    def __missing__(self, key):
+        time.sleep(0.001)  # the first `+=` on a key calls this: a thread switch right here
+        return 0
+
+
+def test_drops_from_many_threads_are_all_counted():
+    """Producers dropping events at the same moment lose no count and no timestamp."""
+    sink = Blocked()
+    d = Dispatcher([sink], maxsize=1, block_timeout_s=0.0)
+    d.dropped = _SlowCounter()
+    assert d.submit(Event("first", Level.BASIC, 0, 0, {}))  # the worker blocks on it
+    while not d.submit(Event("fill", Level.BASIC, 0, 0, {})):  # until the queue holds one
+        pass
+    threads, types = 8, 20
+    refused = [0] * threads
+    barrier = threading.Barrier(threads)
+
+    def produce(i):
+        barrier.wait()
+        for t in range(types):
+            refused[i] += not d.submit(Event(f"type_{t}", Level.BASIC, 0, 1000 + t, {}))
+
+    workers = [threading.Thread(target=produce, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    sink.release.set()
+    d.close()
+    assert sum(refused) == threads * types  # every submission found the queue full
+    counts = {k: n for k, n in d.dropped.items() if k.startswith("type_")}  # not "fill"
+    assert counts == {f"type_{t}": threads for t in range(types)}
+    stamps = sorted(ns for ns in d.dropped_ns if ns >= 1000)
+    assert stamps == sorted(1000 + t for t in range(types) for _ in range(threads))
+
+
+def test_close_from_the_worker_thread_stops_it():
+    """close() called on the worker (a sink, or a run collected there) neither raises nor hangs."""
+    closed = threading.Event()
+    d = None
+
+    class Closer:
+        def handle_event(self, event):
+            d.close(timeout_s=1.0)  # on the worker thread: joining it would raise
+
+        def close(self):
+            closed.set()
+
+    d = Dispatcher([Closer()])
+    d.submit(Event("epoch_end", Level.BASIC, 0, 0, {}))
+    assert closed.wait(60)  # the worker went on to close the sinks
+    assert d.errors == []
+    assert not d.submit(Event("epoch_end", Level.BASIC, 1, 0, {}))  # closed: refused
+    deadline = time.monotonic() + 60
+    while not d.stopped and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert d.stopped
+
+
+def test_close_from_the_worker_with_a_full_queue_delivers_the_rest():
+    """A close on the worker while the queue is full still delivers what was queued, then stops."""
+    go, closed = threading.Event(), threading.Event()
+    seen = []
+    d = None
+
+    class Closer:
+        def handle_event(self, event):
+            seen.append(event.step)
+            if event.step == 0:
+                go.wait(60)
+                d.close(timeout_s=1.0)  # the queue is full: the stop cannot be queued
+
+        def close(self):
+            closed.set()
+
+    d = Dispatcher([Closer()], maxsize=1)
+    d.submit(Event("epoch_end", Level.BASIC, 0, 0, {}))
+    while not d.submit(Event("epoch_end", Level.BASIC, 1, 0, {})):
+        pass
+    go.set()
+    assert closed.wait(60)
+    assert seen[0] == 0 and seen[-1] == 1
+    assert d.errors == []
+
+
+def test_flush_from_the_worker_does_not_wait_for_itself(tmp_path):
+    """run.finish() called from a callback (on the worker) ends the run without a deadlock."""
+    done = threading.Event()
+    run = _init(tmp_path)
+
+    def finish_now(event):
+        run.finish()
+        done.set()
+
+    run.register_callback("epoch_end", finish_now)
+    run.emit("epoch_end", epoch=0)
+    assert done.wait(60)
+    events = read_events(run.dir)
+    assert events[-1]["event"] == "run_end" and events[-1]["sink_errors"] == []
+    assert run.trainlog_path.is_file()

@@ -326,3 +326,114 @@ def test_newer_major_run_is_refused(tmp_path):
     run.events_path.write_text(json.dumps(first) + "\n" + "".join(lines[1:]))
     with pytest.raises(jaxobs.SchemaVersionError, match="upgrade jaxobs"):
         jaxobs.read_run(run.dir)
+
+
+def test_event_levels_are_read_only():
+    """The table of event levels cannot be changed by a user (it is a read-only mapping)."""
+    from jaxobs._src.formats.events import EVENT_LEVELS
+
+    with pytest.raises(TypeError):
+        EVENT_LEVELS["epoch_end"] = jaxobs.Level.DEBUG
+    assert EVENT_LEVELS["epoch_end"] is jaxobs.Level.BASIC
+
+
+def test_init_takes_keywords_after_project(tmp_path):
+    """Everything after the project is keyword-only, as in wandb.init."""
+    with pytest.raises(TypeError, match="positional"):
+        jaxobs.init("p", "name", dir=tmp_path, terminal=False)
+    assert not (tmp_path / "p").exists()
+
+
+def test_every_method_works_on_other_processes(tmp_path, monkeypatch):
+    """Off process 0 every method checks its input and records, binds and calls nothing."""
+    from jaxobs._src.host import environment as _env
+
+    monkeypatch.setattr(_env, "jax_state", lambda: {"process_index": 1, "process_count": 2})
+
+    bound, logged, ended, seen = [], [], [], []
+
+    class Tracker:
+        def bind(self, run):
+            bound.append(run)
+
+    class Watcher:
+        def on_log(self, run, step, values):
+            logged.append(step)
+
+        def on_end(self, run, status, error):
+            ended.append(status)
+
+    cm = jaxobs.artifacts.ConfusionMatrix(["a"], [[1]])
+    with jaxobs.init(project="p", dir=tmp_path, sinks=[Tracker()], terminal=False) as run:
+        assert run.enabled is False and run.sinks == []
+        run.add_monitor(Watcher())
+        run.register_callback("*", seen.append)
+        run.add_sink(Tracker())
+        run.log({"a": 1.0})
+        run.log({"a": 2.0}, step=5)
+        run.log_histograms({"h": np.arange(10.0)})
+        run.emit("epoch_end", epoch=0)
+        run.add_note("note")
+        run.update_config({"lr": 0.1})
+        run.add_artifact("file", tmp_path / "file.bin")
+        run.log_confusion_matrix("cm", cm, step=1)
+        run.flush()
+        assert run.step == 6 and run.config == {"lr": 0.1}
+        assert run.skipped_for_sinks_ns == []
+        with pytest.raises(TypeError, match="metric 'w'"):
+            run.log({"w": "high"})
+        with pytest.raises(TypeError, match="callable"):
+            run.register_callback("epoch_end", "not a function")
+        with pytest.raises(ValueError, match="recorded by the run itself"):
+            run.emit("metrics")
+    assert run.finished and run.finish() is None
+    with pytest.raises(RuntimeError, match="finished"):
+        run.log({"a": 1.0})
+    assert not (tmp_path / "p").exists()
+    assert bound == [] and seen == []
+    assert logged == [0, 5] and ended == []  # monitors see the records; on_end is not called
+
+
+def _health_run(tmp_path, attach, checker):
+    if attach == "init":
+        return _init(tmp_path, health=checker)
+    run = _init(tmp_path)
+    run.add_monitor(checker)
+    return run
+
+
+@pytest.mark.parametrize("attach", ["init", "add_monitor"])
+def test_health_checker_alerts_on_a_nan_logged_by_hand(tmp_path, attach):
+    """A HealthChecker on a plain run.log loop raises a critical nonfinite alert on a NaN loss."""
+    checker = jaxobs.HealthChecker()
+    with _health_run(tmp_path, attach, checker) as run:
+        for step in range(10):
+            run.log({"train/loss": 2.0 / (step + 1)}, step=step)
+        run.log({"train/loss": math.nan}, step=10)
+    alerts = [e for e in read_events(run.dir) if e["event"] == "health_check"]
+    critical = [(a["rule"], a["step"]) for a in alerts if a["severity"] == "critical"]
+    assert critical == [("nonfinite", 10)]
+    assert all(a["step"] == 10 for a in alerts)  # the healthy steps raised nothing
+    assert (run.dir / "crash" / "crash-10.json").is_file()  # the supervisor's flight recorder
+
+
+def test_a_health_checker_is_supervised_once(tmp_path):
+    """add_monitor wraps a HealthChecker in one supervisor, however often it is added."""
+    from jaxobs._src.host.supervisor import Supervisor
+
+    checker = jaxobs.HealthChecker()
+    run = _init(tmp_path, health=checker)
+    run.add_monitor(checker)
+    (monitor,) = run.monitors
+    assert isinstance(monitor, Supervisor)
+    assert monitor.checker is checker and monitor.recorder.capacity == 256
+    run.finish()
+    other = jaxobs.HealthChecker()
+    own = Supervisor(other)
+    run = _init(tmp_path)
+    run.add_monitor(own)
+    run.add_monitor(other)  # already applied by a supervisor of the run
+    assert run.monitors == (own,)
+    run.finish()
+    with pytest.raises(TypeError, match="HealthChecker"):
+        _init(tmp_path, health="yes")

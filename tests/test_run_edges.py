@@ -1,8 +1,10 @@
 """Edge cases of the live run found in review: each test names the failure it guards against."""
 
+import atexit
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -223,14 +225,17 @@ def test_huge_int_metric_is_a_type_error(tmp_path):
 def test_forked_child_does_not_end_the_parents_run(tmp_path, monkeypatch):
     """The exit hook does nothing in another process (a forked child) than the run's own."""
     # A real fork cannot be tested here: JAX hangs a forked child at interpreter exit.
+    hooks, register = [], atexit.register
+    monkeypatch.setattr(atexit, "register", lambda fn: hooks.append(fn) or register(fn))
     run = _init(tmp_path)
+    finish_at_exit = hooks[-1]  # what the interpreter calls at exit
     run.log({"a": 1.0}, step=0)
     real_pid = os.getpid()
     monkeypatch.setattr(os, "getpid", lambda: real_pid + 1)
-    run._finish_at_exit()
+    finish_at_exit()
     assert [e["event"] for e in read_events(run.dir)][-1] == "metrics"
     monkeypatch.setattr(os, "getpid", lambda: real_pid)
-    run._finish_at_exit()
+    finish_at_exit()
     assert read_events(run.dir)[-1]["status"] == "finished"
 
 
@@ -256,9 +261,9 @@ def test_sigterm_handler_restored_when_previous_was_none(tmp_path, monkeypatch):
 def test_init_adds_a_terminal_sink_unless_told_not_to(tmp_path):
     """terminal=None (default) adds a TerminalSink; terminal=False does not."""
     with jaxobs.init(project="p", dir=tmp_path) as run:
-        assert any(isinstance(s, jaxobs.TerminalSink) for s in run._dispatcher.sinks)
+        assert any(isinstance(s, jaxobs.TerminalSink) for s in run.sinks)
     with _init(tmp_path) as run:
-        assert not any(isinstance(s, jaxobs.TerminalSink) for s in run._dispatcher.sinks)
+        assert not any(isinstance(s, jaxobs.TerminalSink) for s in run.sinks)
 
 
 def test_run_start_is_fsynced(tmp_path, monkeypatch):
@@ -305,3 +310,39 @@ def test_custom_events_are_filtered_at_basic(tmp_path):
     run.emit("mine", step=0)
     run.finish()
     assert "mine" not in [e["event"] for e in read_events(run.dir)]
+
+
+def test_finishing_an_older_run_leaves_the_newer_one_active(tmp_path):
+    """A run finished on another thread after a newer one started does not clear the newer."""
+    older = _init(tmp_path)
+    newer = _init(tmp_path)
+    thread = threading.Thread(target=older.finish)
+    thread.start()
+    thread.join()
+    assert jaxobs.active_run() is newer
+    newer.finish()
+    assert jaxobs.active_run() is None
+
+
+def test_run_collected_on_its_own_worker_thread(tmp_path, monkeypatch):
+    """A run whose last reference goes away in a callback is released there without an error."""
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    closed, go = threading.Event(), threading.Event()
+
+    class Sink:
+        def close(self):
+            closed.set()
+
+    holder = [_init(tmp_path, sinks=[Sink()])]
+
+    def drop(event):
+        go.wait(60)
+        holder.clear()  # the last reference: Run.__del__ runs here, on the worker thread
+
+    holder[0].register_callback("epoch_end", drop)
+    holder[0].emit("epoch_end", epoch=0)
+    _init(tmp_path).finish()  # the active run is another one now
+    go.set()
+    assert closed.wait(60)  # the worker went on to close the sinks and stop
+    assert unraisable == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,11 @@ class Level(enum.IntEnum):
 
     @classmethod
     def parse(cls, value: Level | str | int) -> Level:
+        """The level named by ``value`` (a `Level`, its name in any case, or its number).
+
+        Raises:
+          ValueError: no level has that name or number; the message lists them.
+        """
         if isinstance(value, Level):
             return value
         if isinstance(value, str):
@@ -52,28 +58,30 @@ def level_from_env(environ: Mapping[str, str] | None = None) -> Level:
         raise ValueError(f"environment variable {LEVEL_ENV}: {e}") from None
 
 
-# The event types of the seed's observatory, with their levels, plus jaxobs's own.
-EVENT_LEVELS: dict[str, Level] = {
-    "run_start": Level.BASIC,  # first record of a run: metadata, config, environment
-    "run_end": Level.BASIC,  # last record: status, error, drop counts
-    "metrics": Level.BASIC,  # `Run.log`: scalars at a step
-    "artifact": Level.BASIC,  # a file attached to the run
-    "train_start": Level.BASIC,
-    "train_end": Level.BASIC,
-    "epoch_start": Level.BASIC,
-    "epoch_end": Level.BASIC,
-    "health_check": Level.BASIC,  # an alert of the health rules (rule, severity, message)
-    "crash_dump": Level.BASIC,  # the flight recorder was dumped (path, plot)
-    "rollback": Level.BASIC,  # the last good state was restored
-    "tracker": Level.BASIC,  # a bridge started or adopted a tracker's run (W&B id, sweep)
-    "histograms": Level.DETAILED,  # `Run.log_histograms`: binned distributions at a step
-    "batch_start": Level.DETAILED,
-    "batch_end": Level.DETAILED,
-    "layer_forward": Level.EXPERT,
-    "layer_backward": Level.EXPERT,
-    "gradient_computed": Level.EXPERT,
-    "weight_updated": Level.EXPERT,
-}
+# The known event types and their levels (read-only: a run's level decides what it records).
+EVENT_LEVELS: Mapping[str, Level] = types.MappingProxyType(
+    {
+        "run_start": Level.BASIC,  # first record of a run: metadata, config, environment
+        "run_end": Level.BASIC,  # last record: status, error, drop counts
+        "metrics": Level.BASIC,  # `Run.log`: scalars at a step
+        "artifact": Level.BASIC,  # a file attached to the run
+        "train_start": Level.BASIC,
+        "train_end": Level.BASIC,
+        "epoch_start": Level.BASIC,
+        "epoch_end": Level.BASIC,
+        "health_check": Level.BASIC,  # an alert of the health rules (rule, severity, message)
+        "crash_dump": Level.BASIC,  # the flight recorder was dumped (path, plot)
+        "rollback": Level.BASIC,  # the last good state was restored
+        "tracker": Level.BASIC,  # a bridge started or adopted a tracker's run (W&B id, sweep)
+        "histograms": Level.DETAILED,  # `Run.log_histograms`: binned distributions at a step
+        "batch_start": Level.DETAILED,
+        "batch_end": Level.DETAILED,
+        "layer_forward": Level.EXPERT,
+        "layer_backward": Level.EXPERT,
+        "gradient_computed": Level.EXPERT,
+        "weight_updated": Level.EXPERT,
+    }
+)
 
 
 CUSTOM_EVENT_LEVEL = Level.DETAILED
@@ -91,6 +99,43 @@ STREAM_TYPES = frozenset(
         "weight_updated",
     }
 )
+
+
+# The fields of every record; a payload may not use them.
+RECORD_FIELDS = frozenset({"event", "level", "step", "timestamp_ns"})
+
+
+# The types the run records itself (`Run.log`, `Run.add_note`, ...), which `read_run` reads
+# a meaning into; `check_event` refuses them.
+RUN_TYPES = frozenset(
+    {"run_start", "run_end", "metrics", "histograms", "artifact", "note", "config_update"}
+)
+
+
+def check_event(event_type: Any, level: Level | str | None, payload: Mapping[str, Any]) -> Level:
+    """The level of an event a user records (`Run.emit`), once its type and payload are checked.
+
+    Args:
+      event_type: The event's type: an identifier, not one of `RUN_TYPES`.
+      level: Its level, or None for its entry in `EVENT_LEVELS` (`CUSTOM_EVENT_LEVEL` for a
+        type not listed there).
+      payload: Its payload, whose keys may not be `RECORD_FIELDS`.
+
+    Raises:
+      ValueError: a bad type, a payload key that is a record field, or an unknown level.
+    """
+    if not isinstance(event_type, str) or not event_type.isidentifier():
+        raise ValueError(f"event type must be an identifier, got {event_type!r}")
+    if event_type in RUN_TYPES:
+        raise ValueError(f"{event_type!r} is recorded by the run itself; use the Run methods")
+    clash = sorted(RECORD_FIELDS & set(payload))
+    if clash:
+        raise ValueError(
+            f"emit({event_type!r}): payload keys {clash} are the record's own fields; rename them"
+        )
+    if level is not None:
+        return Level.parse(level)
+    return EVENT_LEVELS.get(event_type, CUSTOM_EVENT_LEVEL)
 
 
 @dataclasses.dataclass(frozen=True)

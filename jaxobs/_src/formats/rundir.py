@@ -11,7 +11,7 @@ from typing import Any
 
 from jaxobs._src.formats.codec import decode_float
 from jaxobs._src.formats.errors import RunDirError, RunDirWarning, SchemaVersionError, TrainLogError
-from jaxobs._src.formats.events import Event, Level
+from jaxobs._src.formats.events import RECORD_FIELDS, Event, Level
 from jaxobs._src.formats.experiment import Artifact, ExperimentLog, RunInfo
 from jaxobs._src.formats.fields import check_version
 from jaxobs._src.formats.trainlog import SCHEMA_VERSION, TrainLog
@@ -60,11 +60,19 @@ class RunRecord:
         return max(steps) if steps else None
 
 
-def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
+def read_run(directory: str | os.PathLike, *, warn: bool = True) -> RunRecord:
     """Read a run directory back from its ``events.jsonl``, finished or not.
 
     A torn last line (the process was killed while writing it) is skipped with a
     `RunDirWarning`; every complete line before it is kept.
+
+    Args:
+      directory: The run directory (``<dir>/<project>/<run_id>``).
+      warn: Issue the `RunDirWarning` for a torn last line. With False the problem is only
+        listed in the record's ``warnings``.
+
+    Returns:
+      The `RunRecord`.
 
     Raises:
       RunDirError: no ``events.jsonl``, a corrupt line before the last, or a first record
@@ -143,7 +151,7 @@ def read_run(directory: str | os.PathLike, *, _warn: bool = True) -> RunRecord:
             raise RunDirError(
                 f"{path}:{number}: bad {kind} record ({type(e).__name__}: {e})"
             ) from None
-    if torn and _warn:
+    if torn and warn:
         warnings.warn(problems[-1], RunDirWarning, stacklevel=2)
     if end is None:
         problems.append(f"{path}: no run_end record: the run is still going or was killed")
@@ -184,7 +192,7 @@ def events_of(record: RunRecord, after_ns: int | None = None) -> list[Event]:
         timestamp = int(rec.get("timestamp_ns", 0))
         if after_ns is not None and timestamp <= after_ns:
             continue
-        data = {k: v for k, v in rec.items() if k not in ("event", "level", "step", "timestamp_ns")}
+        data = {k: v for k, v in rec.items() if k not in RECORD_FIELDS}
         kind = rec["event"]
         if kind == "metrics":
             data["values"] = {

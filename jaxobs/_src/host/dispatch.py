@@ -17,6 +17,10 @@ Queue policy (bounded queue, one worker thread):
   logger naming the sink, the event and the error) and that sink (or callback) is disabled;
   training goes on. Reports of errors raised before the run ends are also kept in the run's
   ``run_end`` record.
+
+The worker never waits for itself: `Dispatcher.flush` and `Dispatcher.close` called on the
+worker thread (from a sink, a callback, or a run that the garbage collector finalises there)
+return at once, and the worker stops after the events already queued.
 """
 
 from __future__ import annotations
@@ -61,19 +65,40 @@ class Dispatcher:
         self._waiting: set[int] = set()  # sinks added but not yet given their first event
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._block_timeout_s = block_timeout_s
+        # Skipped events per type, and when each was recorded: a sink that must hold every
+        # record (a tracker bridge) reads these back from events.jsonl when the run ends.
+        # Producers on several threads update them, under `_lock`; read them with `drops`.
         self.dropped: Counter[str] = Counter()
-        # When each skipped event was recorded: a sink that must hold every record (a
-        # tracker bridge) reads these back from events.jsonl when the run ends.
         self.dropped_ns: list[int] = []
         self.errors: list[str] = []
-        self._lock = threading.Lock()
+        # Re-entrant: the garbage collector may finalise a run (which closes this) on the
+        # worker thread at any allocation, also while the worker holds the lock.
+        self._lock = threading.RLock()
         self._closed = False
+        self._stop_when_drained = False  # set by `close`: the worker stops on an empty queue
         self._thread = threading.Thread(target=self._work, name="jaxobs-dispatch", daemon=True)
         self._thread.start()
 
     @property
     def sinks(self) -> list[Any]:
-        return list(self._sinks)
+        """The sinks, in the order they were added."""
+        with self._lock:
+            return list(self._sinks)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the worker thread has ended (after `close`)."""
+        return not self._thread.is_alive()
+
+    def drops(self) -> tuple[dict[str, int], list[int]]:
+        """A consistent copy of `dropped` and `dropped_ns`."""
+        with self._lock:
+            return dict(self.dropped), list(self.dropped_ns)
+
+    def add_error(self, message: str) -> None:
+        """Keep the report of a sink error raised outside the worker (a failed ``bind``)."""
+        with self._lock:
+            self.errors.append(message)
 
     def add_sink(self, sink: Any, first: Event | None = None) -> None:
         """Deliver the events queued from now on to ``sink`` too, after ``first`` (the run's
@@ -110,13 +135,24 @@ class Dispatcher:
                 self._queue.put(event, timeout=self._block_timeout_s)
             return True
         except queue.Full:
-            self.dropped[event.type] += 1
-            self.dropped_ns.append(event.timestamp_ns)
+            with self._lock:  # `+=` on a Counter item is not atomic across threads
+                self.dropped[event.type] += 1
+                self.dropped_ns.append(event.timestamp_ns)
             return False
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every queued event has been handled and sinks flushed."""
-        if self._closed or not self._thread.is_alive():
+        """Wait until every queued event has been handled and sinks flushed.
+
+        Returns:
+          True when everything was handled; False on a timeout, and at once on the worker
+          thread itself, which cannot wait for its own queue.
+        """
+        if threading.current_thread() is self._thread:
+            return False
+        if self._closed:  # the worker handles what is left, then stops
+            self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        if not self._thread.is_alive():
             return True
         done = threading.Event()
         try:
@@ -126,24 +162,37 @@ class Dispatcher:
         return done.wait(timeout_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Handle what is queued, close the sinks and stop the worker."""
-        if self._closed:
-            return
+        """Handle what is queued, close the sinks and stop the worker.
+
+        From another thread, waits up to ``timeout_s`` for the worker to stop. On the worker
+        thread itself it only asks it to stop once the queue is drained (a thread cannot join
+        itself).
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True  # what is submitted from now on would never be handled
+            self._stop_when_drained = True
+        on_worker = threading.current_thread() is self._thread
         try:
-            self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:
+            if on_worker:
+                self._queue.put_nowait(_STOP)
+            else:
+                self._queue.put(_STOP, timeout=timeout_s)
+        except queue.Full:  # the worker stops when it finds the queue empty
             pass
-        self._thread.join(timeout_s)
-        self._closed = True
+        if not on_worker:
+            self._thread.join(timeout_s)
 
     # -- worker
 
     def _work(self) -> None:
         while True:
+            if self._stop_when_drained and self._queue.empty():
+                break
             item = self._queue.get()
             if item is _STOP:
-                self._each_sink("close")
-                return
+                break
             if isinstance(item, tuple) and item[0] == _FLUSH:
                 self._each_sink("flush")
                 item[1].set()
@@ -155,6 +204,7 @@ class Dispatcher:
                 self._deliver(first, only=sink)
                 continue
             self._deliver(item)
+        self._each_sink("close")
 
     def _deliver(self, event: Event, only: Any = None) -> None:
         with self._lock:
@@ -194,5 +244,5 @@ class Dispatcher:
                 f"jaxobs: {what} raised {type(e).__name__}: {e}{where}; it is disabled "
                 "for the rest of the run (training goes on, events.jsonl is complete)"
             )
-            self.errors.append(message + "\n" + traceback.format_exc(limit=3))
+            self.add_error(message + "\n" + traceback.format_exc(limit=3))
             logger.warning(message)
