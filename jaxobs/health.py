@@ -11,25 +11,57 @@ Two halves, on either side of the transport:
   enters the window, so one NaN cannot poison the baseline. With ``action="skip"`` the step
   leaves parameters and optimizer state unchanged (`jax.lax.cond`).
 - **The rules** (`HealthChecker.check`): host-side, on each step's record as it arrives
-  (one step late; the device never waits). They turn the guard's verdicts into `Alert`\ s
-  and add the per-layer rules (exploding/vanishing gradients, dead units, saturation,
-  update/parameter ratio) and the validation rules (stagnation, overfitting).
+  (one step late; the device never waits), one object per rule (`InitLoss`,
+  `GuardVerdicts`, `LayerGradients`, `UpdateRatio`, `Saturation`, `DeadUnits`,
+  `Stagnation`, `Overfitting`; `default_rules` builds them), run in order. They turn the
+  guard's verdicts into `Alert`\ s and add the per-layer rules (exploding/vanishing
+  gradients, dead units, saturation, update/parameter ratio) and the validation rules
+  (stagnation, overfitting). `GuardConfig` is what the guard sees of a checker.
 
 The thresholds come from measurements on the scikit-learn digits (healthy runs raise no
 alert of severity warning or higher); see the health page of the docs.
 """
 
-from jaxobs._src.device.guard import GuardState, guard_init, guard_update, robust_z
+from jaxobs._src.device.guard import GuardConfig, GuardState, guard_init, guard_update, robust_z
+from jaxobs._src.host.actions import ActionPolicy, RollbackRequest
 from jaxobs._src.host.alerts import ACTIONS, SEVERITIES, Alert, TrainingHalted
-from jaxobs._src.host.checker import HealthChecker
+from jaxobs._src.host.checker import HealthChecker, default_rules
+from jaxobs._src.host.rules import (
+    BaseRule,
+    DeadUnits,
+    Episodes,
+    GuardVerdicts,
+    InitLoss,
+    LayerGradients,
+    Overfitting,
+    Rule,
+    Saturation,
+    Stagnation,
+    UpdateRatio,
+)
 
 __all__ = [
     "ACTIONS",
     "SEVERITIES",
+    "ActionPolicy",
     "Alert",
+    "BaseRule",
+    "DeadUnits",
+    "Episodes",
+    "GuardConfig",
     "GuardState",
+    "GuardVerdicts",
     "HealthChecker",
+    "InitLoss",
+    "LayerGradients",
+    "Overfitting",
+    "RollbackRequest",
+    "Rule",
+    "Saturation",
+    "Stagnation",
     "TrainingHalted",
+    "UpdateRatio",
+    "default_rules",
     "guard_init",
     "guard_update",
     "robust_z",

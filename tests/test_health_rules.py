@@ -1010,3 +1010,300 @@ def test_crash_dump_checkpoint_is_the_last_good_snapshot(tmp_path):
     checkpointer.close()
     restored = serialization.from_state_dict(returned[9], state)
     assert _tree_equal(_host(restored), returned[9])  # the state after call 9: before step 10
+
+
+# ----------------------------------------------------------------------------- layer order
+
+
+def _forward_order_guard(names, dead_window=2):
+    """guard_update under jax.jit with the alive dict built inside the trace in ``names``
+    order (as the collector records it, in forward order), returning the values in the
+    order the record carries them."""
+    config = jaxobs.HealthChecker(window=16, min_steps=8, dead_window=dead_window)
+    order: list[str] = []
+
+    @jax.jit
+    def update(state, masks):
+        alive = dict(zip(names, masks, strict=True))
+        _, new, values = guard_update(config, state, loss=1.0, norm=1.0, alive=alive)
+        order[:] = list(values)  # the record's key order (packing keeps it)
+        return new, [values[k] for k in order]
+
+    shapes = {name: np.zeros((4,), bool) for name in names}
+    return guard_init(config, shapes), update, order
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("fc1", "fc2", "classifier"), tuple(f"Dense_{i}" for i in range(12))],
+    ids=["nnx", "linen-12"],
+)
+def test_dead_units_skip_the_last_layer_in_forward_order(names):
+    """The dead-unit rule leaves out the network's last layer, not the last sorted key."""
+    state, update, order = _forward_order_guard(names)
+    checker = jaxobs.HealthChecker(dead_window=2, dead_neuron_pct=10.0)
+    masks = [jnp.asarray([True, False, False, False])] * len(names)  # 75% dead everywhere
+    fired = []
+    for step in range(2):
+        state, out = update(state, masks)
+        record = dict(zip(order, (float(v) for v in out), strict=True))
+        fired += [a.layer for a in checker.check(step, record) if a.rule == "dead_units"]
+    dead_keys = [k[len("health/dead/") :] for k in order if k.startswith("health/dead/")]
+    assert dead_keys == list(names)  # the record carries the layers in forward order
+    assert fired == list(names[:-1])
+
+
+def test_nnx_model_dead_units_skip_the_classifier(tmp_path):
+    """Probe B: an NNX fc1 -> fc2 -> classifier MLP; the classifier is the output layer."""
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.fc1 = nnx.Linear(4, 8, rngs=rngs)
+            self.fc2 = nnx.Linear(8, 8, rngs=rngs)
+            self.classifier = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.classifier(nnx.relu(self.fc2(nnx.relu(self.fc1(x)))))
+
+    def step_fn(model, optimizer, batch):
+        x, y = batch
+
+        def loss_fn(m):
+            return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        jaxobs.tap(grads=grads)
+        optimizer.update(model, grads)
+        return {"loss": loss}
+
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.01), wrt=nnx.Param)
+    checker = jaxobs.HealthChecker(dead_window=2, dead_neuron_pct=0.0, plot=False)
+    step = jaxobs.observe(step_fn, health=checker, activations=True, stats=("norm",))
+    rng = np.random.default_rng(0)
+    with _init(tmp_path) as run:
+        for _ in range(3):
+            x = -np.abs(rng.normal(size=(16, 4))).astype(np.float32)
+            step(model, optimizer, (x, rng.integers(0, 3, size=16)))
+        step.flush()
+    table = metric_table(read_events(run.dir))
+    window_end = [s for s, b in table["health/dead_batches"].items() if b == 2.0]
+    expected = {
+        layer
+        for layer in ("fc1", "fc2")
+        if any(table[f"health/dead/{layer}"][s] > 0.0 for s in window_end)
+    }
+    got = {a.layer for a in checker.alerts if a.rule == "dead_units"}
+    assert "fc2" in expected  # the probe's inputs leave units of fc2 dead
+    assert got == expected  # fc2 judged, classifier not
+
+
+# ----------------------------------------------------------------------------- hand-logged
+
+
+@pytest.mark.parametrize("key", ["train/loss", "loss"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_hand_logged_nonfinite_loss_is_critical(key, bad):
+    """A non-finite loss in a record without the guard's values raises nonfinite, once."""
+    checker = jaxobs.HealthChecker()
+    seq = [1.0, bad, bad, 0.9, bad]
+    got = [(i, a.rule, a.severity) for i, v in enumerate(seq) for a in checker.check(i, {key: v})]
+    assert got == [(1, "nonfinite", "critical"), (4, "nonfinite", "critical")]
+    assert checker.alerts[0].values["skipped"] is False
+
+
+def test_hand_logged_check_stays_quiet_beside_the_guard():
+    """With the guard's values in the records, a hand-logged NaN loss adds no second alert."""
+    checker = jaxobs.HealthChecker()
+    guarded = _guard_values(bad=True, nonfinite_loss=1) | {"train/loss": math.nan}
+    assert _rules(checker.check(0, guarded)) == [("nonfinite", None)]
+    assert checker.check(0, {"train/loss": math.nan}) == []  # the user's own record
+    assert checker.check(1, _guard_values() | {"train/loss": 1.0}) == []
+    assert checker.check(1, {"train/loss": math.nan}) == []  # the guard speaks for steps
+
+
+def test_hand_logged_nonfinite_loss_halts_under_halt():
+    """action='halt' on hand-logged records: the non-finite alert becomes the halt."""
+    checker = jaxobs.HealthChecker(action="halt")
+    assert checker.check(0, {"train/loss": 1.0}) == []
+    assert checker.actions.halt is None
+    alerts = checker.check(1, {"train/loss": math.nan})
+    assert checker.actions.halt is alerts[0] and alerts[0].rule == "nonfinite"
+
+
+def test_hand_logged_validation_stagnation_and_overfitting():
+    """Stagnation and overfitting judge hand-logged val/loss records, like Keras and Prechelt."""
+    val = [1.0, 0.8, 0.8, 0.8, 0.9, 0.95, 0.95]
+    checker = jaxobs.HealthChecker(patience=2, stagnation_eps=0.0, overfit_patience=2)
+    got = []
+    for i, v in enumerate(val):
+        got += [(i, a.rule) for a in checker.check(i, {"train/loss": 0.5, "val/loss": v})]
+    gl = 100.0 * (np.array(val) / np.minimum.accumulate(val) - 1.0)
+    held = [i for i in range(1, len(val)) if gl[i] > 5.0 and gl[i - 1] > 5.0]
+    expected = [(i, "stagnation") for i in keras_early_stopping(val, 2, 0.0)]
+    expected += [(held[0], "overfitting")]
+    assert (
+        sorted(got)
+        == sorted(expected)
+        == [(3, "stagnation"), (5, "overfitting"), (5, "stagnation")]
+    )
+
+
+# ----------------------------------------------------------------------------- construction
+
+
+def test_positional_arguments_are_refused():
+    """HealthChecker takes keyword arguments only."""
+    with pytest.raises(TypeError):
+        jaxobs.HealthChecker("skip", 10)
+
+
+def test_guard_config_is_what_the_guard_sees():
+    """checker.guard_config is a frozen GuardConfig; the guard gives the same under either."""
+    checker = jaxobs.HealthChecker(window=16, min_steps=4, spike_z=3.0, dead_window=5)
+    config = checker.guard_config
+    assert isinstance(config, jaxobs.health.GuardConfig)
+    assert dataclasses.asdict(config) == {
+        "window": 16,
+        "min_steps": 4,
+        "spike_z": 3.0,
+        "mad_floor": checker.mad_floor,
+        "blowup_factor": checker.blowup_factor,
+        "norm_blowup_factor": checker.norm_blowup_factor,
+        "dead_window": 5,
+    }
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.window = 8
+    assert hash(config) == hash(jaxobs.health.GuardConfig(**dataclasses.asdict(config)))
+    losses, norms = _healthy_then_bad_sequence()
+    (s1, update1), (s2, update2) = _guard_runner(config), _guard_runner(checker)
+    for loss, norm in zip(losses, norms, strict=True):
+        bad1, s1, v1 = update1(s1, jnp.float32(loss), jnp.float32(norm), None, True)
+        bad2, s2, v2 = update2(s2, jnp.float32(loss), jnp.float32(norm), None, True)
+        assert bool(bad1) == bool(bad2)
+        assert list(v1) == list(v2)
+        np.testing.assert_array_equal(np.array(list(v1.values())), np.array(list(v2.values())))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"window": 0}, "window"),
+        ({"mad_floor": -1.0}, "mad_floor"),
+        ({"min_steps": 9, "window": 8}, "min_steps"),
+    ],
+)
+def test_guard_config_refuses_bad_settings(kwargs, name):
+    """GuardConfig checks its settings like HealthChecker, naming the bad one."""
+    with pytest.raises(ValueError, match=f"GuardConfig\\({name}="):
+        jaxobs.health.GuardConfig(**kwargs)
+
+
+def test_default_rules_run_in_order():
+    """The default chain holds one object per rule, in the order the alerts come."""
+    checker = jaxobs.HealthChecker()
+    names = [type(rule).__name__ for rule in checker.chain]
+    assert names == [
+        "InitLoss",
+        "GuardVerdicts",
+        "LayerGradients",
+        "UpdateRatio",
+        "Saturation",
+        "DeadUnits",
+        "Stagnation",
+        "Overfitting",
+    ]
+    assert "rules" not in checker.settings() and "chain" not in checker.settings()
+
+
+def test_a_user_rule_joins_the_chain_and_shares_episodes():
+    """rules=lambda c: [*default_rules(c), MyRule(...)] adds a rule that fires once per episode
+    and takes the checker's severities."""
+    from jaxobs.health import Alert, BaseRule, default_rules
+
+    @dataclasses.dataclass(kw_only=True, eq=False)
+    class LossAbove(BaseRule):
+        fires = ("loss_above",)
+        limit: float = 1.0
+
+        def check(self, step, values):
+            loss = values.get("train/loss")
+            if loss is None:
+                return []
+            return self.fire(
+                "loss_above",
+                None,
+                loss > self.limit,
+                lambda: Alert("loss_above", "info", step, "high"),
+            )
+
+    checker = jaxobs.HealthChecker(
+        severities={"loss_above": "danger"},
+        rules=lambda c: [*default_rules(c), LossAbove(limit=2.0, episodes=c.episodes)],
+    )
+    losses = [1.0, 3.0, 4.0, 1.0, 5.0]
+    got = [
+        (i, a.rule, a.severity)
+        for i, v in enumerate(losses)
+        for a in checker.check(i, {"train/loss": v})
+    ]
+    assert got == [(1, "loss_above", "danger"), (4, "loss_above", "danger")]
+    checker.reset()
+    assert checker.alerts == [] and checker.episodes.firing == set()
+    assert [a.step for a in checker.check(9, {"train/loss": 3.0})] == [9]
+
+
+def test_dropping_a_rule_silences_it():
+    """A chain without DeadUnits raises no dead_units alert; the other rules still run."""
+    from jaxobs.health import DeadUnits, default_rules
+
+    checker = jaxobs.HealthChecker(
+        dead_window=4,
+        rules=lambda c: [r for r in default_rules(c) if not isinstance(r, DeadUnits)],
+    )
+    values = _dead_values(4, {"Dense_0": 0.9, "Dense_1": 0.9}) | _guard_values(bad=True, spike=1)
+    assert _rules(checker.check(0, values)) == [("spike", None)]
+
+
+def test_a_rule_works_alone():
+    """A rule object is usable without a checker: its own state and episodes."""
+    from jaxobs.health import UpdateRatio
+
+    rule = UpdateRatio(max_ratio=0.1, patience=2)
+    got = [
+        len(rule.check(s, {"updates/L/update_ratio": r}))
+        for s, r in enumerate([0.2, 0.2, 0.3, 0.0, 0.2, 0.2])
+    ]
+    assert got == [0, 1, 0, 0, 0, 1]
+    rule.reset()
+    assert rule.history == {} and rule.check(0, {"updates/L/update_ratio": 0.2}) == []
+
+
+def test_rules_must_be_rules():
+    """rules= with something that is not a rule raises TypeError naming it."""
+    with pytest.raises(TypeError, match="not a rule"):
+        jaxobs.HealthChecker(rules=[object()])
+
+
+def test_hand_logged_first_loss_is_checked_against_ln_classes():
+    """init_loss reads a hand-logged train/loss when the guard's health/loss is absent."""
+    checker = jaxobs.HealthChecker(num_classes=10)
+    assert checker.check(0, {"val/accuracy": 0.1}) == []  # no loss: not the first check
+    alerts = checker.check(1, {"train/loss": 9.0})
+    assert _rules(alerts) == [("init_loss", None)]
+    np.testing.assert_allclose(alerts[0].values["expected"], math.log(10))
+    assert checker.check(2, {"train/loss": 9.0}) == []
+
+
+def test_plain_run_judges_hand_logged_records(tmp_path):
+    """A checker attached to a run without observe judges what run.log records."""
+    checker = jaxobs.HealthChecker(patience=2, stagnation_eps=0.0, plot=False)
+    records = [(1.0, 1.0), (math.nan, None), (0.5, 1.0), (0.4, 1.0)]
+    with _init(tmp_path) as run:
+        run.add_monitor(checker)
+        for step, (train, val) in enumerate(records):
+            run.log({"train/loss": train} | ({} if val is None else {"val/loss": val}), step=step)
+    checks = [s for s, (_, v) in enumerate(records) if v is not None]
+    stops = [checks[i] for i in keras_early_stopping([1.0, 1.0, 1.0], 2, 0.0)]
+    assert _health_events(run.dir) == [(1, "nonfinite"), *((s, "stagnation") for s in stops)]
+    assert stops == [3]

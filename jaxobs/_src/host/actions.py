@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from jaxobs._src.host.alerts import ACTIONS, Alert
+from jaxobs._src.host.alerts import ACTIONS, CRITICAL, DANGER, HALT, ROLLBACK, SKIP, WARN, Alert
 
 __all__ = ["ActionPolicy", "RollbackRequest"]
 
@@ -48,7 +48,7 @@ class ActionPolicy:
         self, action: str, *, max_skips: int, rollback_after: int, max_rollbacks: int
     ) -> None:
         if action not in ACTIONS:
-            raise ValueError(f"action={action!r}: choose one of {ACTIONS}")
+            raise ValueError(f"ActionPolicy(action={action!r}): choose one of {ACTIONS}")
         self.action = action
         self.max_skips = max_skips
         self.rollback_after = rollback_after
@@ -69,22 +69,33 @@ class ActionPolicy:
     @property
     def skips_on_device(self) -> bool:
         """Whether bad steps are skipped on the device (every action but ``warn``)."""
-        return self.action != "warn"
+        return self.action != WARN
 
     @property
     def consecutive_skips(self) -> int:
+        """Bad steps skipped in a row, up to the last judged step."""
         return self._skips
 
-    def judge(self, step: int, *, bad: bool, alerts: Sequence[Alert] = ()) -> list[Alert]:
-        """Take the guard's verdict on ``step``; returns the policy's own alerts.
+    def judge(
+        self, step: int, *, bad: bool, alerts: Sequence[Alert] = (), on_device: bool = True
+    ) -> list[Alert]:
+        """Take the verdict on ``step``; returns the policy's own alerts.
 
         Args:
           step: The judged step (the device's step number).
-          bad: The guard's verdict.
+          bad: The verdict.
           alerts: The alerts the rules raised for this step (the first one becomes the
             halting alert under ``action="halt"``).
+          on_device: Whether the device guard judged the step (and skipped it when asked).
+            False for a verdict the host reached on a logged record alone (a run without
+            ``observe``): nothing was skipped, so only ``halt`` acts on it.
+
+        Returns:
+          The policy's alerts: ``rollback``, ``skips_exhausted`` or ``bad_step``.
         """
         self.last_bad = bad
+        if not on_device:
+            return self._halt_at(step, bad, alerts, [])
         skipped = bad and self.skips_on_device and step >= self._count_from
         if skipped:
             if self._skips == 0:
@@ -94,7 +105,7 @@ class ActionPolicy:
             self._skips = 0
         out: list[Alert] = []
         n = self._skips
-        if self.action == "rollback" and n >= self.rollback_after and self._pending is None:
+        if self.action == ROLLBACK and n >= self.rollback_after and self._pending is None:
             if self.rollbacks >= self.max_rollbacks:
                 out.extend(self._give_up_alert(step, f"{self.rollbacks} rollbacks did not help"))
             else:
@@ -105,7 +116,7 @@ class ActionPolicy:
                 out.append(
                     Alert(
                         "rollback",
-                        "danger",
+                        DANGER,
                         step,
                         f"{n} consecutive steps skipped since step {start}: restoring the "
                         f"last good state (rollback {self.rollbacks} of at most "
@@ -113,12 +124,18 @@ class ActionPolicy:
                         values={"skips": n, "streak_start": start},
                     )
                 )
-        elif self.action in ("skip", "halt") and n >= self.max_skips:
+        elif self.action in (SKIP, HALT) and n >= self.max_skips:
             out.extend(self._give_up_alert(step, f"{n} consecutive steps were skipped"))
-        if self.action == "halt" and bad and self.halt is None:
+        return self._halt_at(step, bad, alerts, out)
+
+    def _halt_at(
+        self, step: int, bad: bool, alerts: Sequence[Alert], out: list[Alert]
+    ) -> list[Alert]:
+        """Under ``halt``, the first bad step's first alert (or a ``bad_step`` one) halts."""
+        if self.action == HALT and bad and self.halt is None:
             found = [*alerts, *out]
             if not found:
-                found = [Alert("bad_step", "danger", step, f"step {step} was bad; halting.")]
+                found = [Alert("bad_step", DANGER, step, f"step {step} was bad; halting.")]
                 out.extend(found)
             self.halt = found[0]
         return out
@@ -145,7 +162,7 @@ class ActionPolicy:
         self._gave_up = True
         alert = Alert(
             "skips_exhausted",
-            "critical",
+            CRITICAL,
             step,
             f"{why} (since step {self._streak_start}): the state itself is bad, not a batch. "
             "Halting; restart from a checkpoint with a lower learning rate.",

@@ -8,12 +8,22 @@ from typing import Any
 
 import numpy as np
 
-SEVERITIES = ("info", "warning", "danger", "critical")
+# Severities, least to most severe. They are plain strings because they are written into
+# files (events, crash dumps); compare with these names, not with literals.
+INFO = "info"
+WARNING = "warning"
+DANGER = "danger"
+CRITICAL = "critical"  # writes a crash dump
+SEVERITIES = (INFO, WARNING, DANGER, CRITICAL)
 # Severities as numbers (1-4) for trackers that plot them.
 SEVERITY_CODE = {name: i for i, name in enumerate(SEVERITIES, start=1)}
 
-
-ACTIONS = ("warn", "skip", "halt", "rollback")
+# What a bad step leads to (``HealthChecker(action=...)``; see `ActionPolicy`).
+WARN = "warn"
+SKIP = "skip"
+HALT = "halt"
+ROLLBACK = "rollback"
+ACTIONS = (WARN, SKIP, HALT, ROLLBACK)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,21 @@
+"""The host health rules, one object each; `HealthChecker` composes them (see
+`jaxobs._src.host.checker.default_rules`)."""
+
+from jaxobs._src.host.rules.base import BaseRule, Episodes, Rule
+from jaxobs._src.host.rules.layers import DeadUnits, LayerGradients, Saturation, UpdateRatio
+from jaxobs._src.host.rules.validation import Overfitting, Stagnation
+from jaxobs._src.host.rules.verdicts import GuardVerdicts, InitLoss
+
+__all__ = [
+    "BaseRule",
+    "DeadUnits",
+    "Episodes",
+    "GuardVerdicts",
+    "InitLoss",
+    "LayerGradients",
+    "Overfitting",
+    "Rule",
+    "Saturation",
+    "Stagnation",
+    "UpdateRatio",
+]
