@@ -909,3 +909,41 @@ def test_finish_keeps_the_last_step(tmp_path, transport):
     assert sorted(table["train/loss"]) == [0, 1]
     np.testing.assert_allclose(table["params/w/norm"][1], 0.9 * 0.25 * math.sqrt(1024), rtol=1e-5)
     assert _trainlog_table(run.dir)["params/w/norm"] == table["params/w/norm"]
+
+
+# ----------------------------------------------------------------------------- 11: runs
+
+
+class _Gate:
+    """A monitor whose first ``on_log`` (on the delivery thread) waits until it is opened."""
+
+    def __init__(self):
+        import threading
+
+        self.entered, self.opened = threading.Event(), threading.Event()
+
+    def on_log(self, run, step, values):
+        self.entered.set()
+        assert self.opened.wait(60), "the test never opened the gate"
+
+
+def test_records_go_to_the_run_active_when_the_step_was_called(tmp_path):
+    """Records dispatched while run A was active land in A, even when run B starts before
+    they are delivered."""
+    observed = jaxobs.observe(optax_step, **METRICS_ONLY)
+    params = _mlp_params()
+    state = (params, TX.init(params))
+    (x, y), *_ = _batches(1, images=False)
+    run_a = jaxobs.init(project="engine", dir=tmp_path / "a", terminal=False)
+    gate = _Gate()
+    run_a.add_monitor(gate)
+    state = observed(*state, x, y)[:2]  # step 0: its delivery waits in the gate
+    assert gate.entered.wait(60)
+    state = observed(*state, x, y)[:2]  # step 1: queued behind it, for run A
+    run_b = jaxobs.init(project="engine", dir=tmp_path / "b", terminal=False)
+    gate.opened.set()
+    observed.flush()
+    run_b.finish()
+    run_a.finish()
+    assert sorted(metric_table(read_events(run_a.dir))["train/loss"]) == [0, 1]
+    assert "train/loss" not in metric_table(read_events(run_b.dir))

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxobs._src.device.keys import layer_norms
 from jaxobs._src.device.paths import group_by_layer
 from jaxobs._src.device.reductions import NEEDS, combine, finish_stats, float_leaves, moments
 
@@ -21,6 +22,7 @@ __all__ = [
     "leaf_stats",
     "tree_stats",
     "update_ratio",
+    "update_ratio_from_norms",
 ]
 
 
@@ -128,6 +130,34 @@ def update_ratio(
         )
     head = f"{prefix}/" if prefix else ""
     return {f"{head}{k[: -len('/norm')]}/update_ratio": u[k] / (p[k] + eps) for k in u}
+
+
+def update_ratio_from_norms(
+    update_norms: Mapping[str, Any],
+    param_norms: Mapping[str, Any],
+    *,
+    prefix: str = "",
+    eps: float = 1e-12,
+) -> dict[str, jax.Array]:
+    """``||update|| / ||param||`` per layer from per-leaf L2 norms already computed (no
+    second pass over the trees): what `update_ratio` gives with ``per="layer"``.
+
+    Args:
+      update_norms: ``{leaf path: norm of its update}``.
+      param_norms: ``{leaf path: norm of the parameter}``, for at least the same paths.
+      prefix: Prepended to every key with a ``/``.
+      eps: Added to the parameter norm.
+
+    Returns:
+      ``{"<prefix>/<layer>/update_ratio": ratio}``.
+    """
+    missing = sorted(set(update_norms) - set(param_norms))
+    if missing:
+        raise ValueError(f"update_ratio_from_norms: no parameter norm for {missing[:5]}")
+    u = layer_norms(update_norms.items(), sqrt=jnp.sqrt)
+    p = layer_norms(((path, param_norms[path]) for path in update_norms), sqrt=jnp.sqrt)
+    head = f"{prefix}/" if prefix else ""
+    return {f"{head}{layer}/update_ratio": u[layer] / (p[layer] + eps) for layer in u}
 
 
 def activation_stats(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -97,7 +97,7 @@ def _linen_interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name == "__call__" and isinstance(module, _linen_types()):
-        path = "/".join(str(p) for p in module.path) or type(module).__name__
+        path = "/".join(str(p) for p in getattr(module, "path", ())) or type(module).__name__
         out = (
             jax.tree.map(lambda o: probe(o, path), out)
             if isinstance(out, tuple)
@@ -107,7 +107,7 @@ def _linen_interceptor(next_fun, args, kwargs, context):
 
 
 @contextlib.contextmanager
-def linen_activations():
+def linen_activations() -> Iterator[None]:
     try:
         import flax.linen as nn
     except ImportError:  # no flax: nothing to intercept
@@ -155,7 +155,7 @@ def _nnx_observed_class(cls: type) -> type:
 
 
 @contextlib.contextmanager
-def nnx_activations(roots: Sequence[Any]):
+def nnx_activations(roots: Sequence[Any]) -> Iterator[None]:
     """Swap the class of each known NNX layer *instance* in ``roots`` for an observing
     subclass while the step is traced; other instances and other models are untouched."""
     from flax import nnx

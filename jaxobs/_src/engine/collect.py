@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -54,13 +55,17 @@ class Collector:
         return lax.cond(active, compute, lambda: zeros)
 
     def add_histograms(self, tree: Any, prefix: str) -> None:
-        """Histograms of ``tree``'s leaves, computed only at histogram steps."""
+        """Histograms of ``tree``'s leaves, computed only at histogram steps. ``tree`` may be
+        a function that returns the tree: it is then called only at those steps."""
         if not self.hist_bins:
             return
 
-        values = self.gated(
-            lambda: tree_histograms(tree, self.hist_bins, prefix=prefix), self.hist_active
-        )
+        def compute():
+            return tree_histograms(
+                tree() if callable(tree) else tree, self.hist_bins, prefix=prefix
+            )
+
+        values = self.gated(compute, self.hist_active)
         for key, value in values.items():
             self.hists.setdefault(key, value)
 
@@ -74,7 +79,7 @@ def current_collector() -> Collector | None:
 
 
 @contextlib.contextmanager
-def collecting(collector: Collector):
+def collecting(collector: Collector) -> Iterator[Collector]:
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
@@ -87,6 +92,10 @@ def collecting(collector: Collector):
 
 def is_scalar(value: Any) -> bool:
     return isinstance(value, (int, float)) or (hasattr(value, "shape") and value.shape == ())
+
+
+def _reduce(collector: Collector, tree: Any, name: str) -> dict[str, jax.Array]:
+    return tree_stats(tree, collector.stats, per=collector.per, prefix=name)
 
 
 def tap(**named: Any) -> None:
@@ -126,17 +135,26 @@ def tap(**named: Any) -> None:
             value = pure_dict(value)  # an nnx.State: paths like its parameters' (no "/value")
             if name == "grads":
                 collector.add_histograms(value, name)
-            reduced = collector.gated(
-                lambda v=value, n=name: tree_stats(v, collector.stats, per=collector.per, prefix=n)
-            )
+            reduced = collector.gated(functools.partial(_reduce, collector, value, name))
             for key, v in reduced.items():
                 collector.add(key, v)
 
 
+# Process-wide: a warning is about the process's setup (no run, no matplotlib), said once.
 _warned: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 def warn_once(key: str, message: str) -> None:
-    if key not in _warned:
+    """Log ``message`` as a jaxobs warning, once per process for each ``key``."""
+    with _warned_lock:
+        if key in _warned:
+            return
         _warned.add(key)
-        logger.warning("jaxobs: %s", message)
+    logger.warning("jaxobs: %s", message)
+
+
+def reset_warnings() -> None:
+    """Forget which warnings `warn_once` gave, so they are given again (for tests)."""
+    with _warned_lock:
+        _warned.clear()

@@ -21,11 +21,11 @@ class Packed:
 
     def __init__(
         self,
-        step,
-        valid,
-        vector,
-        hvalid,
-        hvector,
+        step: Any,
+        valid: Any,
+        vector: Any,
+        hvalid: Any,
+        hvector: Any,
         keys: tuple[str, ...],
         n_always: int = 0,
         hnames: tuple[str, ...] = (),
@@ -35,7 +35,7 @@ class Packed:
         self.keys, self.n_always, self.hnames = keys, n_always, hnames
 
     @property
-    def arrays(self) -> tuple:
+    def arrays(self) -> tuple[Any, Any, Any, Any, Any]:
         return (self.step, self.valid, self.vector, self.hvalid, self.hvector)
 
     def tree_flatten(self):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ class FlightRecorder:
     """A ring buffer of the last ``capacity`` steps' records.
 
     Thread-safe: records arrive from the observe delivery thread and from the training loop.
+    Give a configured one to ``jaxobs.observe(recorder=...)`` to keep or inspect it.
 
     Args:
       capacity: Steps kept.
@@ -85,10 +86,10 @@ class FlightRecorder:
         with self._lock:
             n = len(self)
             start = self._next - n
-            rows = [(start + i) % self.capacity for i in range(n)]
-            steps = self._steps[rows].copy()
+            ring = np.asarray([(start + i) % self.capacity for i in range(n)], int)
+            steps = self._steps[ring].copy()
             order = np.argsort(steps, kind="stable")
-            rows = np.asarray(rows, int)[order]
+            rows = ring[order]
             series = {}
             for key, col in self._cols.items():
                 v = self._values[rows, col].astype(np.float64)
@@ -109,7 +110,7 @@ class FlightRecorder:
         step: int,
         trigger: Mapping[str, Any],
         thresholds: Mapping[str, Any] | None = None,
-        alerts: list[Mapping[str, Any]] = (),
+        alerts: Sequence[Mapping[str, Any]] = (),
         run: Mapping[str, Any] | None = None,
         checkpoint: Mapping[str, Any] | None = None,
     ) -> pathlib.Path:

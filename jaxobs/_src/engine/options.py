@@ -1,0 +1,162 @@
+"""`ObserveOptions`: every option of `jaxobs.observe`, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+
+from jaxobs._src.device.stats import ACT_STATS, STATS, check_stats
+from jaxobs._src.host.checker import HealthChecker
+from jaxobs._src.host.recorder import FlightRecorder
+
+__all__ = ["PER", "WATCH", "ObserveOptions", "flight_recorder", "health_checker"]
+
+WATCH = ("params", "updates", "grads", "metrics", "acts", "taps")
+PER = ("leaf", "layer")
+MAX_HISTOGRAM_BINS = 512  # W&B's limit
+
+
+def health_checker(health: Any) -> HealthChecker | None:
+    """The checker that ``observe(health=...)`` means: None/False (none), True (the
+    defaults) or a `HealthChecker`."""
+    if health is None or health is False:
+        return None
+    if health is True:
+        return HealthChecker()
+    if isinstance(health, HealthChecker):
+        return health
+    raise TypeError(
+        f"observe(health={health!r}): pass a jaxobs.HealthChecker, True for the defaults, or None"
+    )
+
+
+def flight_recorder(recorder: Any) -> FlightRecorder | None:
+    """The recorder that ``observe(recorder=...)`` means: a number of steps (0 or None: off)
+    or a configured `FlightRecorder`."""
+    if recorder is None or isinstance(recorder, FlightRecorder):
+        return recorder
+    if isinstance(recorder, bool) or not isinstance(recorder, int) or recorder < 0:
+        raise ValueError(
+            f"observe(recorder={recorder!r}): pass a number of steps (0: off) or a "
+            "jaxobs.FlightRecorder"
+        )
+    return FlightRecorder(recorder) if recorder else None
+
+
+def _int_at_least(name: str, value: Any, low: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low} ({what}), got {value!r}")
+
+
+def _jit_parameters() -> set[str]:
+    """The keyword arguments of `jax.jit` and `nnx.jit` (when flax is installed)."""
+    names = set(inspect.signature(jax.jit).parameters)
+    try:
+        from flax import nnx
+
+        names |= set(inspect.signature(nnx.jit).parameters)
+    except (ImportError, TypeError, ValueError):  # no flax, or no signature to read
+        pass
+    return names - {"fun", "f"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ObserveOptions:
+    """What `jaxobs.observe` computes and where it sends it (see `jaxobs.observe` for each).
+
+    Inputs are normalised on construction: ``watch`` becomes a frozenset, ``stats`` and
+    ``act_stats`` tuples, ``health`` a `HealthChecker` or None, ``recorder`` a
+    `FlightRecorder` or None (an int is a number of steps; 0 is off).
+
+    Raises:
+      ValueError: an option out of range or an unknown name, naming the option.
+      TypeError: ``health`` that is not a checker, or ``fn`` that is not callable.
+    """
+
+    run: Any = None
+    every: int = 1
+    watch: Iterable[str] = WATCH
+    stats: Iterable[str] = STATS
+    per: str = "leaf"
+    activations: bool = False
+    act_stats: Iterable[str] = ACT_STATS
+    metrics_prefix: str = "train"
+    health: HealthChecker | bool | None = None
+    recorder: FlightRecorder | int | None = 256
+    histograms: int = 0
+    histogram_bins: int = 64
+    jit: bool = True
+    jit_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _int_at_least("every", self.every, 1, "compute statistics every N steps")
+        watch = (self.watch,) if isinstance(self.watch, str) else tuple(self.watch)
+        unknown = [w for w in watch if w not in WATCH]
+        if unknown:
+            raise ValueError(f"observe(watch=...): unknown entries {unknown}; choose from {WATCH}")
+        if self.per not in PER:
+            raise ValueError(f"observe(per={self.per!r}): choose 'leaf' or 'layer'")
+        try:
+            stats = check_stats(self.stats)
+            act_stats = check_stats(self.act_stats, ACT_STATS)
+        except ValueError as e:
+            raise ValueError(f"observe(stats=..., act_stats=...): {e}") from None
+        for name in ("activations", "jit"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"observe({name}={getattr(self, name)!r}): True or False")
+        if not isinstance(self.metrics_prefix, str):
+            raise TypeError(f"observe(metrics_prefix={self.metrics_prefix!r}): a string")
+        _int_at_least("histograms", self.histograms, 0, "every how many steps; 0: off")
+        _int_at_least("histogram_bins", self.histogram_bins, 1, "bins per histogram")
+        if self.histogram_bins > MAX_HISTOGRAM_BINS:
+            raise ValueError(
+                f"histogram_bins must be at most {MAX_HISTOGRAM_BINS} (W&B's limit), "
+                f"got {self.histogram_bins}"
+            )
+        jit_kwargs = dict(self.jit_kwargs)
+        unknown = sorted(set(jit_kwargs) - _jit_parameters())
+        if unknown:
+            known = [f.name for f in dataclasses.fields(self) if f.name != "jit_kwargs"]
+            raise TypeError(
+                f"observe got unknown options {unknown}: neither an option of observe "
+                f"({', '.join(known)}) nor an argument of jax.jit"
+            )
+        normal = {
+            "watch": frozenset(watch),
+            "stats": stats,
+            "act_stats": act_stats,
+            "health": health_checker(self.health),
+            "recorder": flight_recorder(self.recorder),
+            "jit_kwargs": jit_kwargs,
+        }
+        for name, value in normal.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> ObserveOptions:
+        """Options from `observe`'s keywords: the names of this class are options, any other
+        keyword is forwarded to `jax.jit` / `nnx.jit`."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"jit_kwargs"}
+        options = {k: v for k, v in kwargs.items() if k in names}
+        jit_kwargs = dict(kwargs.get("jit_kwargs", {}))
+        jit_kwargs.update((k, v) for k, v in kwargs.items() if k not in names | {"jit_kwargs"})
+        return cls(**options, jit_kwargs=jit_kwargs)
+
+    @property
+    def checker(self) -> HealthChecker | None:
+        """``health`` as the `HealthChecker` it was normalised to (None: no health)."""
+        return self.health if isinstance(self.health, HealthChecker) else None
+
+    @property
+    def flight_recorder(self) -> FlightRecorder | None:
+        """``recorder`` as the `FlightRecorder` it was normalised to (None: off)."""
+        return self.recorder if isinstance(self.recorder, FlightRecorder) else None
+
+    @property
+    def probes_activations(self) -> bool:
+        """Whether activation statistics are recorded (``activations`` and ``acts`` watched)."""
+        return self.activations and "acts" in self.watch
