@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 __all__ = ["flatten_mapping", "layer_norms", "layer_of", "split_stat_key"]
 
@@ -33,7 +31,7 @@ def split_stat_key(key: str, group: str) -> tuple[str, str] | None:
     return path, stat
 
 
-def layer_norms(leaf_norms: Iterable[tuple[str, T]], sqrt: Any = math.sqrt) -> dict[str, T]:
+def layer_norms(leaf_norms: Iterable[tuple[str, Any]], sqrt: Any = math.sqrt) -> dict[str, Any]:
     """Per-layer L2 norms from per-leaf L2 norms: ``sqrt(sum of squares)`` over each layer's
     leaves. ``leaf_norms`` yields ``(leaf path, norm)``; the norms may be floats, NumPy or
     JAX arrays (pass ``sqrt=jnp.sqrt`` for traced values)."""

@@ -163,7 +163,7 @@ def finish_stats(
 def combine(parts: Sequence[Mapping[str, jax.Array]]) -> dict[str, jax.Array]:
     """Moments of several leaves as one (Chan et al.'s parallel variance for m2)."""
     count = sum(p["count"] for p in parts)
-    out = {"count": count, "nonfinite": sum(p["nonfinite"] for p in parts)}
+    out: dict[str, Any] = {"count": count, "nonfinite": sum(p["nonfinite"] for p in parts)}
     if "sum" in parts[0]:
         out["sum"] = sum(p["sum"] for p in parts)
     if "norm" in parts[0]:  # scaled by the largest, so squares cannot overflow

@@ -205,7 +205,7 @@ class HealthChecker:
     snapshot_every: int | None = None
     rollback_skip_batches: int = 0
     plot: bool = True
-    severities: Mapping[str, str] | None = None
+    severities: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     rules: RulesSpec = dataclasses.field(default=None, compare=False, repr=False)
     # The state, made by __post_init__ and `reset`:
@@ -225,7 +225,7 @@ class HealthChecker:
         if self.snapshot_every is None and self.action == ROLLBACK:
             self.snapshot_every = 100
         check_settings("HealthChecker", self, SETTINGS)
-        self.severities = dict(self.severities or {})
+        self.severities = dict(self.severities or {})  # None is accepted as no overrides
         wrong = {r: v for r, v in self.severities.items() if v not in SEVERITIES}
         if wrong:
             raise ValueError(f"HealthChecker(severities={wrong}): choose from {SEVERITIES}")

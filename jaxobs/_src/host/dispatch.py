@@ -30,7 +30,7 @@ import queue
 import threading
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from jaxobs._src.formats.events import STREAM_TYPES, Event
@@ -56,7 +56,9 @@ class Dispatcher:
       block_timeout_s: How long a non-stream event waits for room in a full queue.
     """
 
-    def __init__(self, sinks=(), maxsize: int = 1024, block_timeout_s: float = 5.0):
+    def __init__(
+        self, sinks: Iterable[Any] = (), maxsize: int = 1024, block_timeout_s: float = 5.0
+    ) -> None:
         if maxsize < 1:
             raise ValueError(f"queue size must be at least 1, got {maxsize}")
         self._sinks: list[Any] = list(sinks)

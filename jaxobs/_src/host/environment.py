@@ -9,6 +9,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from jaxobs._src.formats.config import collect_env
@@ -28,7 +29,7 @@ ENV_PREFIXES = (
 )
 
 
-def package_versions(names=PACKAGES) -> dict[str, str | None]:
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     """Installed versions (None when absent), read from metadata without importing them."""
     out: dict[str, str | None] = {}
     for name in names:

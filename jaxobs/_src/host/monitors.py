@@ -69,9 +69,10 @@ class Monitors:
                 self._added.append((monitor, attached))
 
     def _has(self, monitor: Any) -> bool:
-        """Whether ``monitor`` was added, or is a checker an attached supervisor applies."""
+        """Whether ``monitor`` was added (or is what an added checker was wrapped in), or is a
+        checker an attached supervisor applies."""
         with self._lock:
-            if any(given is monitor for given, _ in self._added):
+            if any(monitor is given or monitor is attached for given, attached in self._added):
                 return True
             if not isinstance(monitor, HealthChecker):
                 return False

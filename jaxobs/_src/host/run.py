@@ -23,6 +23,7 @@ import pathlib
 import re
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -330,7 +331,14 @@ class Run:
         if level <= self.level:
             self._out.write(Event(event_type, level, step, time.time_ns(), data))
 
-    def _record(self, method: str, kind: str, data: dict, level=Level.BASIC, step=None) -> None:
+    def _record(
+        self,
+        method: str,
+        kind: str,
+        data: dict[str, Any],
+        level: Level = Level.BASIC,
+        step: int | None = None,
+    ) -> None:
         """`_write` for `method`, then queue the record for the sinks."""
         with self._lock:
             self._check_open(method)
@@ -374,7 +382,12 @@ class Run:
         self._lifecycle.enter()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> Literal[False]:
         status = exit_status(exc)
         try:
             self.finish(status, exc if status != "finished" else None)

@@ -40,7 +40,7 @@ class Episodes:
         self.firing: set[tuple[str, str | None]] = set()
 
     def fire(
-        self, rule: str, layer: str | None, cond: bool, alert: Callable[[], Alert]
+        self, rule: str, layer: str | None, cond: bool, alert: Callable[..., Alert]
     ) -> list[Alert]:
         """``[alert()]`` when ``cond`` has just become true for ``(rule, layer)``, else [].
 
@@ -89,7 +89,7 @@ class BaseRule:
         self.episodes.forget(self.fires)
 
     def fire(
-        self, rule: str, layer: str | None, cond: bool, alert: Callable[[], Alert]
+        self, rule: str, layer: str | None, cond: bool, alert: Callable[..., Alert]
     ) -> list[Alert]:
         """See `Episodes.fire`."""
         return self.episodes.fire(rule, layer, cond, alert)

@@ -140,6 +140,7 @@ class Overfitting(BaseRule):
         return out
 
     def _ratio(self, step: int, val: float, train_mean: float) -> list[Alert]:
+        assert self.ratio is not None  # called only when the rule is on
         ratio = val / train_mean if train_mean > 0 else math.inf
         return self.fire(
             "overfit_ratio",
