@@ -25,7 +25,7 @@ def histogram(x: jax.Array, bins: int = 64) -> jax.Array:
     below float32's resolution). Counts are exact up to 2**24 per bin.
     Without finite elements, min and max are NaN and every count is zero.
 
-    Example:
+    Examples:
       >>> v = histogram(jnp.array([0.0, 1.0, 1.0, 3.0]), bins=3)
       >>> [float(c) for c in v[4:]]
       [1.0, 2.0, 1.0]

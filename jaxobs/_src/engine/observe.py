@@ -384,28 +384,29 @@ def observe(
 
     Args:
       fn: The train step (omit it to get a decorator: ``@observe(every=10)``).
-      run: The `jaxobs.Run` to feed (default: the run active when the step is called).
-      every: Compute statistics every N steps only (behind `lax.cond`; other steps pay nothing
+
+    Keyword Args:
+      run (Run | None): The `jaxobs.Run` to feed (default: the run active when the step is called).
+      every (int): Compute statistics every N steps only (behind `lax.cond`; other steps pay nothing
         but a predicate). Metrics are recorded every step.
-      watch: Which groups to record: ``params``, ``updates``, ``grads``, ``metrics``,
-        ``acts``, ``taps``.
-      stats: Which statistics of `jaxobs.stats.STATS` to compute.
-      per: ``"leaf"`` (default) or ``"layer"``.
-      activations: Record activation statistics (flax linen and NNX).
-      act_stats: Which of `jaxobs.stats.ACT_STATS`.
-      metrics_prefix: Prefix for returned metrics (default ``train``: ``train/loss``).
-      health: A `jaxobs.HealthChecker` (or True for the defaults): the on-device guard and
-        the host rules (see the health docs).
-      recorder: The flight recorder for crash dumps: a number of steps to keep (default 256;
-        0: off) or a configured `jaxobs.FlightRecorder`.
-      histograms: Every how many steps to compute histograms of the watched parameters,
+      watch (Iterable[str]): Which groups to record: ``params``, ``updates``, ``grads``,
+        ``metrics``, ``acts``, ``taps``.
+      stats (Iterable[str]): Which statistics of `jaxobs.stats.STATS` to compute.
+      per (str): ``"leaf"`` (default) or ``"layer"``.
+      activations (bool): Record activation statistics (flax linen and NNX).
+      act_stats (Iterable[str]): Which of `jaxobs.stats.ACT_STATS`.
+      metrics_prefix (str): Prefix for returned metrics (default ``train``: ``train/loss``).
+      health (HealthChecker | bool | None): A `jaxobs.HealthChecker` (or True for the defaults): the
+        on-device guard and the host rules (see the health docs).
+      recorder (int | FlightRecorder | None): The flight recorder for crash dumps: a number of steps
+        to keep (default 256; 0: off) or a configured `jaxobs.FlightRecorder`.
+      histograms (int): Every how many steps to compute histograms of the watched parameters,
         updates and tapped gradients on the device (0, the default: never). Only the bins
         (``histogram_bins + 4`` numbers per leaf) leave the device; they are recorded with
-        `jaxobs.Run.log_histograms` under ``params/<path>``, ``updates/<path>``,
-        ``grads/<path>``.
-      histogram_bins: Bins per histogram (at most 512).
-      jit: False to run the step un-jitted (debugging); records go through a callback.
-      **jit_kwargs: Forwarded to `jax.jit` / `nnx.jit`.
+        `jaxobs.Run.log_histograms` under ``params/<path>``, ``updates/<path>``, ``grads/<path>``.
+      histogram_bins (int): Bins per histogram (at most 512).
+      jit (bool): False to run the step un-jitted (debugging); records go through a callback.
+      **jit_kwargs (Any): Forwarded to `jax.jit` / `nnx.jit`.
 
     Returns:
       The `Observed` step, or (without ``fn``) a decorator that makes one.
