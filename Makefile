@@ -1,15 +1,16 @@
 # Two commands, each working on a fresh clone with only Python 3 (>= 3.10) and make:
 #   make demo   train a small Flax CNN on the scikit-learn digits with jaxobs watching it,
 #               then a doomed run that jaxobs halts (alert, crash dump, failure-signature PNG)
-#   make test   lint, build the docs (strict), then the whole test suite
+#   make test   lint, type check (mypy), build the docs (strict), then the whole test suite
 # Both create (once) a virtual environment in .venv and install the project into it.
+# make test-fast: lint, then the tests not marked slow (no docs build): a quick check while working.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint docs install clean
+.PHONY: typecheck demo test test-fast lint docs install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +30,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-test: lint docs
+typecheck: $(STAMP)
+	rm -rf .typecheck && mkdir -p .typecheck/jaxobs
+	for f in jaxobs/*; do ln -s "$$PWD/$$f" .typecheck/jaxobs/; done
+	ln -s "$$PWD/bridges" .typecheck/jaxobs/bridges
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p jaxobs
+
+test: lint typecheck docs
 	$(BIN)/python -m pytest -q
 
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) runs .typecheck .mypy_cache .pytest_cache .ruff_cache .hypothesis

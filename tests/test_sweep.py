@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import jax
 import pytest
 from helpers import REPO, metric_table, read_events
 from wandb_files import find_offline_runs, read_offline_run, read_records
@@ -19,6 +20,23 @@ def _example():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def jax_cache(tmp_path_factory):
+    """A JAX compilation cache while the test runs; JAX's settings come back afterwards."""
+    # the plain run loads the programs the trial compiled (the same step, the same values)
+    from jax.experimental.compilation_cache import compilation_cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()
 
 
 def _as_agent(monkeypatch, root, function, sweep_id="sw33p", run_id="trial1"):
@@ -46,7 +64,7 @@ def _as_agent(monkeypatch, root, function, sweep_id="sw33p", run_id="trial1"):
 # wandb 0.31.0 leaves the sweep's config file open (wandb_setup.py).
 @pytest.mark.filterwarnings("ignore:unclosed file <_io\\.TextIOWrapper name=.*\\.yaml'.*")
 @pytest.mark.slow
-def test_a_sweep_trial_trains_with_the_sweep_values(wandb_env, monkeypatch):
+def test_a_sweep_trial_trains_with_the_sweep_values(wandb_env, monkeypatch, jax_cache):
     """The trial's jaxobs config and W&B config hold the sweep's values (never the defaults),
     both runs carry the sweep id, and training matches a plain run with those values."""
     example = _example()

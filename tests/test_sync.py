@@ -15,7 +15,14 @@ from wandb_files import find_offline_runs, read_offline_run, read_records
 from jaxobs.cli import main as cli
 
 
-def _start(tmp_path, *extra):
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """A JAX compilation cache for the module's trainer processes (the same tiny step)."""
+    # every process after the first loads its programs instead of compiling them
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+def _start(tmp_path, jax_cache, *extra):
     """Start tests/tiny_train.py for many steps; return the process and its run directory."""
     proc = subprocess.Popen(
         [
@@ -32,7 +39,12 @@ def _start(tmp_path, *extra):
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        env={
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "JAX_COMPILATION_CACHE_DIR": str(jax_cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        },
     )
     line = proc.stdout.readline()
     assert line.startswith("run_dir="), line
@@ -70,10 +82,10 @@ def _wandb_points(offline_runs) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.mark.slow
-def test_sync_of_a_killed_run_sends_every_flushed_step_once(tmp_path, wandb_env):
+def test_sync_of_a_killed_run_sends_every_flushed_step_once(tmp_path, wandb_env, jax_cache):
     """Kill -9 mid-way; sync to W&B and TensorBoard; both hold exactly the flushed records;
     a second sync sends nothing."""
-    proc, run_dir = _start(tmp_path)
+    proc, run_dir = _start(tmp_path, jax_cache)
     _kill_after(proc, run_dir, 40)
     events = read_events(run_dir)  # the independent reader: complete lines only
     assert events[-1]["event"] != "run_end"
@@ -99,10 +111,10 @@ def test_sync_of_a_killed_run_sends_every_flushed_step_once(tmp_path, wandb_env)
 
 
 @pytest.mark.slow
-def test_sync_completes_a_live_stream_that_was_killed(tmp_path, wandb_env):
+def test_sync_completes_a_live_stream_that_was_killed(tmp_path, wandb_env, jax_cache):
     """Streaming live to W&B and TensorBoard, killed: after sync, the live output and the
     sync's together hold every flushed record."""
-    proc, run_dir = _start(tmp_path, "--wandb", "offline", "--tensorboard")
+    proc, run_dir = _start(tmp_path, jax_cache, "--wandb", "offline", "--tensorboard")
     _kill_after(proc, run_dir, 40)
     time.sleep(2)  # the W&B service (its own process) writes what it received, then exits
     expected = metric_table(read_events(run_dir))
