@@ -22,10 +22,9 @@ from helpers import metric_table, read_events
 from tb_files import read_tensorboard
 
 import jaxobs
-from jaxobs import cli
+from jaxobs import RunDirWarning, cli
 from jaxobs.bridges import tensorboard as tb_bridge
 from jaxobs.bridges.tensorboard import TensorBoardSink
-from jaxobs import RunDirWarning
 
 CONFIG = {
     **tiny_train.DEFAULTS,

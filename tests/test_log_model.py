@@ -22,8 +22,8 @@ from jaxobs import (
     TrainLog,
     TrainLogError,
 )
-from jaxobs.artifacts import ConfusionMatrix, LogDestination
 from jaxobs._src.analysis.summary import direction, summarize
+from jaxobs.artifacts import ConfusionMatrix, LogDestination
 
 # ----------------------------------------------------------------------------- Curve
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 import jaxobs
-from jaxobs._src.formats.config import looks_secret
 from jaxobs import Artifact, ExperimentLog, RunInfo, Series, TrainLog
+from jaxobs._src.formats.config import looks_secret
 
 SENTINELS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 TOP_LEVEL_KEYS = {
