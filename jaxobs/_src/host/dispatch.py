@@ -1,4 +1,4 @@
-"""Events, levels and the dispatcher that hands events to sinks on one background thread.
+"""The dispatcher that hands a run's events to its sinks on one background thread.
 
 A sink is any object with ``handle_<event_type>(event)`` methods (and, optionally,
 ``handle_event(event)`` for every type it has no specific method for, ``flush()`` and
