@@ -1,24 +1,11 @@
-r"""Run health: the on-device guard, the host rules, and the alerts they raise.
+"""`HealthChecker`: the settings of run health, and the host rules that judge each record.
 
-Two halves, on either side of the transport:
-
-- **The guard** (`guard_init`, `guard_update`): pure functions that run inside the jitted
-  step on a `GuardState` that `jaxobs.observe` threads through it. They decide, before the
-  update lands, whether this step is *bad*: a non-finite loss, gradient or new parameter;
-  an early blow-up (loss or gradient norm far above its step-0 value before a baseline
-  exists); or a spike (a one-sided robust z-score of log loss or log gradient norm against
-  a window of accepted, finite steps: ``(x - median) / (1.4826 * MAD)``). A bad step never
-  enters the window, so one NaN cannot poison the baseline. With ``action="skip"`` the step
-  leaves parameters and optimizer state unchanged (`jax.lax.cond`).
-- **The rules** (`HealthChecker.check`): host-side, on each step's record as it arrives
-  (one step late; the device never waits), one object per rule (`jaxobs._src.host.rules`),
-  run in order like a processor chain. They turn the guard's verdicts into `Alert`\ s
-  and add the per-layer rules (exploding/vanishing gradients, dead units, saturation,
-  update/parameter ratio) and the validation rules (stagnation, overfitting). They judge
-  any record, also one logged by hand in a run without ``observe``.
-
-The thresholds come from measurements on the scikit-learn digits (healthy runs raise no
-alert of severity warning or higher); see the health page of the docs.
+A checker holds every threshold (validated once), gives the device guard its frozen
+`GuardConfig`, composes one rule object per rule (`jaxobs._src.host.rules`, built by
+`default_rules`) like a processor chain, applies severity overrides and alert episodes, and
+owns the skip / halt / rollback `ActionPolicy`. The rules judge any record: one from an
+observed step or one logged by hand with ``run.log``. The public documentation is in
+`jaxobs.health`.
 """
 
 from __future__ import annotations
