@@ -15,6 +15,7 @@ from jaxobs._src.device.reductions import NEEDS, combine, finish_stats, float_le
 
 __all__ = [
     "ACT_STATS",
+    "PER",
     "STATS",
     "activation_stats",
     "flatten_stats",
@@ -24,6 +25,9 @@ __all__ = [
     "update_ratio",
     "update_ratio_from_norms",
 ]
+
+
+PER = ("leaf", "layer", "global")
 
 
 STATS = ("norm", "rms", "mean", "std", "min", "max", "max_abs", "zero_frac", "nonfinite")
@@ -59,15 +63,19 @@ def tree_stats(
     *,
     per: str = "leaf",
     prefix: str = "",
+    with_global_norm: bool = False,
 ) -> dict[str, jax.Array]:
-    """Statistics of every floating-point leaf (``per="leaf"``) or of every layer
-    (``per="layer"``: the leaves of one module combined, e.g. kernel and bias of ``Dense_0``).
+    """Statistics of every floating-point leaf (``per="leaf"``), of every layer
+    (``per="layer"``: the leaves of one module combined, e.g. kernel and bias of ``Dense_0``),
+    or of the whole tree (``per="global"``: keys ``<prefix>/global_<stat>``).
 
     Args:
       tree: Any pytree of arrays.
       stats: Which statistics (default: all of `STATS`); only these are computed.
-      per: ``"leaf"`` or ``"layer"``.
+      per: ``"leaf"``, ``"layer"`` or ``"global"``.
       prefix: Prepended to every key with a ``/`` (e.g. ``"grads"``).
+      with_global_norm: Also give ``<prefix>/global_norm``, the L2 norm of the whole tree, derived
+        from the per-leaf norms (no further pass; needs ``"norm"`` in ``stats``).
 
     Returns:
       ``{"<prefix>/<path>/<stat>": float32 scalar}``, a flat dict.
@@ -79,26 +87,26 @@ def tree_stats(
       {'grads/Dense_0/norm': 2.0}
     """
     stats = check_stats(stats)
-    if per not in ("leaf", "layer"):
-        raise ValueError(f"per must be 'leaf' or 'layer', got {per!r}")
+    if per not in PER:
+        raise ValueError(f"per must be one of {PER}, got {per!r}")
     need = set().union(*(NEEDS[s] for s in stats))
     leaves = float_leaves(tree)
     head = f"{prefix}/" if prefix else ""
-    if per == "leaf":
-        out = {}
-        for path, leaf in leaves:
-            for s, v in leaf_stats(leaf, stats).items():
-                out[f"{head}{path}/{s}"] = v
-        return out
     groups: dict[str, list[jax.Array]] = {}
     for path, leaf in leaves:
-        groups.setdefault(group_by_layer(path), []).append(leaf)
-    out = {}
-    for layer, members in groups.items():
-        combined = combine([moments(leaf, need) for leaf in members])
+        name = path if per == "leaf" else group_by_layer(path) if per == "layer" else ""
+        groups.setdefault(name, []).append(leaf)
+    out: dict[str, jax.Array] = {}
+    parts: list[dict[str, jax.Array]] = []
+    for name, members in groups.items():
+        parts += [moments(leaf, need) for leaf in members]
+        combined = parts[-1] if len(members) == 1 else combine(parts[-len(members) :])
         size = float(sum(math.prod(leaf.shape) for leaf in members))
         for s, v in finish_stats(combined, stats, size).items():
-            out[f"{head}{layer}/{s}"] = v
+            out[f"{head}{name}/{s}" if name else f"{head}global_{s}"] = v
+    if with_global_norm and per != "global" and "norm" in stats and parts:
+        keep = ("count", "nonfinite", "norm")
+        out[f"{head}global_norm"] = combine([{k: p[k] for k in keep} for p in parts])["norm"]
     return out
 
 

@@ -26,8 +26,9 @@ from jaxobs._src.device.stats import (
     update_ratio,
     update_ratio_from_norms,
 )
+from jaxobs._src.device.window import WindowState, window_init, window_update, window_values
 from jaxobs._src.engine.activations import linen_activations, nnx_activations
-from jaxobs._src.engine.collect import Collector, collecting, is_scalar
+from jaxobs._src.engine.collect import Collector, collecting, is_scalar, settled
 from jaxobs._src.engine.options import ObserveOptions
 from jaxobs._src.engine.packing import Packed, pack
 from jaxobs._src.engine.step_shapes import StepShape, metrics_of
@@ -37,35 +38,29 @@ __all__ = ["BodyOutput", "step_body"]
 
 class BodyOutput(NamedTuple):
     """What one trace of the body gives: the user's outputs, the packed statistics, the
-    guard's new state (None without one), and the dead-unit masks the guard tracks (their
-    shapes size the first `GuardState`)."""
+    guard's new state (None without one), the window's new state (None without one), the
+    dead-unit masks the guard tracks (their shapes size the first `GuardState`) and the
+    window signals this step has (their names make the first `WindowState`)."""
 
     out: Any
     packed: Packed
     guard: GuardState | None
+    window: WindowState | None
     alive: dict[str, Any]
+    signals: dict[str, Any]
 
 
 class _Updates:
-    """``new - old`` of the parameters, computed at most once per trace.
-
-    `now` computes it outside any `lax.cond` (for the guard and histograms, which need it at
-    every step); `get`, called inside the statistics' cond, reuses that value, or computes
-    it there. After a skip, `kept` describes the state returned: a skipped step's update is
-    zero.
-    """
+    """``new - old`` of the parameters, computed at most once per trace (for the guard, the
+    statistics and the histograms alike). After a skip, `kept` describes the state
+    returned: a skipped step's update is zero."""
 
     def __init__(self, old: Any, new: Any, value: Any = None, skipped: Any = None):
         self.old, self.new, self._value, self._skipped = old, new, value, skipped
 
-    def now(self) -> Any:
-        if self._value is None:
-            self._value = jax.tree.map(jnp.subtract, self.new, self.old)
-        return self._value
-
     def get(self) -> Any:
         if self._value is None:
-            return jax.tree.map(jnp.subtract, self.new, self.old)
+            self._value = jax.tree.map(jnp.subtract, settled(self.new), settled(self.old))
         if self._skipped is None:
             return self._value
         return jax.tree.map(lambda u: jnp.where(self._skipped, jnp.zeros_like(u), u), self._value)
@@ -79,10 +74,12 @@ def step_body(
     shape: StepShape,
     fn: Callable,
     step: Any,
-    guard: GuardState | None,
+    carry: tuple[GuardState | None, WindowState | None],
     args: tuple,
     kwargs: dict,
     *,
+    sample: bool | None = True,
+    hist: bool | None = None,
     numbered_on_host: bool = False,
 ) -> BodyOutput:
     """Run ``fn(*args, **kwargs)`` observed; pure: pytrees in, pytrees out.
@@ -92,91 +89,141 @@ def step_body(
       shape: The step's shape (`choose_shape`).
       fn: The user's step.
       step: The call counter, used as the step when the state carries none.
-      guard: The guard's state; None without a checker, or when nothing is carried between
-        steps (callbacks transport: a fresh state per step).
+      carry: The guard's state (None without a checker, or when nothing is carried between
+        steps: callbacks transport) and the window's (None without one).
       args: The step's positional arguments.
       kwargs: Its keyword arguments.
+      sample: Whether this program computes the statistics (the host chose it: the observed
+        program, or with False the plain one); None decides on the device from ``step``
+        and ``every`` (the callbacks transport).
+      hist: The same for the histograms (None: from ``step`` and ``histograms``).
       numbered_on_host: The step has no number on the device (callbacks without a state
         step): statistics are computed at every step and `every` is applied on the host.
     """
     checker = options.checker
+    guard, window = carry
     watch = frozenset(options.watch)
     device_step = shape.step(args)
     step = device_step if device_step is not None else step
     on_host = device_step is None and numbered_on_host
-    active = True if options.every == 1 or on_host else jnp.asarray(step) % options.every == 0
+    active = _cadence(sample, options.every, step, on_host)
     collector = Collector(
         tuple(options.stats), options.per, tuple(options.act_stats), active, watch=watch
     )
     if options.histograms:
         collector.hist_bins = options.histogram_bins
-        if options.histograms == 1 or on_host:
-            collector.hist_active = True
-        else:
-            collector.hist_active = jnp.asarray(step) % options.histograms == 0
+        collector.hist_active = _cadence(hist, options.histograms, step, on_host)
     collector.track_alive = checker is not None and options.activations
     skips = checker is not None and checker.skips_on_device
     before = shape.before(args, keep_state=skips)
-    with collecting(collector), _activation_probes(options, shape, args):
+    probes = options.probes_activations and active is not False
+    with collecting(collector), _activation_probes(probes, shape, args):
         out = fn(*args, **kwargs)
     old, new = shape.params(args, out, before)
     updates = _Updates(old, new)
-    if new is not None and options.histograms and "updates" in options.watch:
-        updates.now()
+    signals = _signals(options, collector, out, updates)
     health_values: dict[str, Any] = {}
     if checker is not None:
-        bad, guard, health_values = _judge(checker, guard, collector, out, updates)
+        bad, guard, health_values = _judge(checker, guard, collector, signals, updates)
         if skips:
             out = shape.keep_old(bad, args, out, before)
             health_values["health/skipped"] = bad.astype(jnp.float32)
             old, new = shape.params(args, out, before)  # statistics describe the state returned
             updates = updates.kept(old, new, bad)
+    window_out: dict[str, Any] = {}
+    if window is not None:
+        window = window_update(window, {k: signals[k] for k in window.low})
+        if active is not False:  # a sampled step delivers the window and starts a new one
+            window_out = window_values(window)
+            window = window_init(window.low)
     values = _state_stats(options, collector, updates)
     metrics = _metric_values(options, out)
     values.update(metrics)
     values.update(collector.values)
     values.update(health_values)
+    values.update(window_out)
     always = set(metrics) | collector.scalars | set(health_values)
-    packed = pack(step, active, values, always, hists=collector.hists, hvalid=collector.hist_active)
-    return BodyOutput(out, packed, guard, dict(collector.alive))
+    valid = True if isinstance(active, bool) else active
+    packed = pack(step, valid, values, always, hists=collector.hists, hvalid=collector.hist_active)
+    return BodyOutput(out, packed, guard, window, dict(collector.alive), signals)
 
 
-def _activation_probes(options: ObserveOptions, shape: StepShape, args: tuple) -> Any:
-    if not options.probes_activations:
+def _cadence(chosen: bool | None, every: int, step: Any, on_host: bool) -> Any:
+    """Whether this step computes what comes every ``every`` steps: the host's choice, or
+    (callbacks transport) a traced predicate on the step."""
+    if chosen is not None:
+        return chosen
+    if every == 1 or on_host:
+        return True
+    return jnp.asarray(step) % every == 0
+
+
+def _activation_probes(on: bool, shape: StepShape, args: tuple) -> Any:
+    if not on:
         return contextlib.nullcontext()
     roots = shape.probe_roots(args)
     return linen_activations() if roots is None else nnx_activations(roots)
 
 
+def _signals(
+    options: ObserveOptions, collector: Collector, out: Any, updates: _Updates
+) -> dict[str, Any]:
+    """The health signals of this step, as scalars: ``loss`` (the returned or tapped loss),
+    ``grad_norm`` (of the tapped gradients), ``update_max_abs`` (the largest change of a
+    parameter); each only when the step has it and the guard or the window needs it."""
+    checker = options.checker
+    wanted = set(options.window)
+    key = checker.loss_key if checker is not None else "loss"
+    out_signals: dict[str, Any] = {}
+    metrics = metrics_of(out) or {}
+    loss = metrics.get(key, collector.raw.get(key))
+    if loss is not None:
+        if not is_scalar(loss):
+            raise ValueError(
+                f"HealthChecker(loss_key={key!r}): the step's {key!r} is not a scalar (shape "
+                f"{jnp.shape(loss)}); return the mean loss, or name another with loss_key="
+            )
+        out_signals["loss"] = jnp.asarray(loss, jnp.float32)
+    grads = collector.raw.get("grads")
+    if (
+        grads is not None
+        and not is_scalar(grads)
+        and (checker is not None or "grad_norm" in wanted)
+    ):
+        out_signals["grad_norm"] = global_norm(settled(grads))
+    if updates.new is not None and (checker is not None or "update_max_abs" in wanted):
+        leaves = [x for x in jax.tree.leaves(updates.get()) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        if leaves:
+            out_signals["update_max_abs"] = jnp.max(
+                jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in leaves])
+            )
+    return out_signals
+
+
 def _judge(
-    checker: Any, state: GuardState | None, collector: Collector, out: Any, updates: _Updates
+    checker: Any,
+    state: GuardState | None,
+    collector: Collector,
+    signals: dict[str, Any],
+    updates: _Updates,
 ) -> tuple[Any, GuardState | None, dict[str, Any]]:
     """The on-device guard: (bad, the guard's new state, its values) for this step."""
-    metrics = metrics_of(out) or {}
-    key = checker.loss_key
-    loss = metrics.get(key, collector.raw.get(key))
-    if loss is not None and not is_scalar(loss):
-        raise ValueError(
-            f"HealthChecker(loss_key={key!r}): the step's {key!r} is not a scalar (shape "
-            f"{jnp.shape(loss)}); return the mean loss, or name another with loss_key="
-        )
-    grads = collector.raw.get("grads")
-    if grads is not None and not is_scalar(grads):
-        norm, norm_name = global_norm(grads), "grad_norm"
+    if "grad_norm" in signals:
+        norm, norm_name = signals["grad_norm"], "grad_norm"
     elif updates.new is not None:
-        norm, norm_name = global_norm(updates.now()), "update_norm"
+        norm, norm_name = global_norm(updates.get()), "update_norm"
     else:
         norm, norm_name = None, "grad_norm"
-    finite = None
-    if updates.new is not None:
-        leaves = [x for x in jax.tree.leaves(updates.new) if jnp.issubdtype(x.dtype, jnp.inexact)]
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    # max |new - old| is finite exactly when every old and new parameter is (the old ones
+    # were accepted), so it stands for "the new parameters are finite" at no further read.
+    largest = signals.get("update_max_abs")
+    finite = None if largest is None else jnp.isfinite(largest)
     config = checker.guard_config
     stateless = state is None  # callbacks transport: nothing is carried between steps
     bad, new_state, values = guard_update(
         config,
         guard_init(config, collector.alive) if state is None else state,
-        loss=loss,
+        loss=signals.get("loss"),
         norm=norm,
         params_finite=finite,
         alive=collector.alive,
@@ -197,11 +244,12 @@ def _state_stats(
 
     def compute() -> dict[str, Any]:
         out: dict[str, Any] = {}
+        kwargs = {"per": options.per, "with_global_norm": True}
         if "params" in watch:
-            out.update(tree_stats(new, options.stats, per=options.per, prefix="params"))
+            out.update(tree_stats(settled(new), options.stats, prefix="params", **kwargs))
         if "updates" in watch:
             delta = updates.get()
-            upd = tree_stats(delta, options.stats, per=options.per, prefix="updates")
+            upd = tree_stats(delta, options.stats, prefix="updates", **kwargs)
             out.update(upd)
             out.update(_update_ratios(options, upd, out, delta, new))
         return out
@@ -217,17 +265,34 @@ def _state_stats(
 def _update_ratios(
     options: ObserveOptions, upd: dict[str, Any], stats: dict[str, Any], delta: Any, new: Any
 ) -> dict[str, Any]:
-    """``updates/<layer>/update_ratio`` = ||new - old|| / ||new|| per layer, from the
-    per-leaf norms already computed when there are any."""
-    if "norm" not in options.stats or options.per != "leaf" or "params" not in options.watch:
+    """``updates/<layer>/update_ratio`` = ||new - old|| / ||new|| per layer (and
+    ``updates/update_ratio`` of the whole tree), from the norms already computed when there
+    are any (``per="global"`` gives only the whole tree's)."""
+    if "norm" not in options.stats or "params" not in options.watch:
         return update_ratio(delta, new, prefix="updates")
+    if "updates/global_norm" not in upd:  # no floating-point parameters
+        return {}
+    out = {
+        "updates/update_ratio": upd["updates/global_norm"] / (stats["params/global_norm"] + 1e-12)
+    }
+    if options.per == "global":
+        return out
     update_norms, param_norms = {}, {}
     for key, value in upd.items():
         parts = split_stat_key(key, "updates")
         if parts is not None and parts[1] == "norm":
             update_norms[parts[0]] = value
             param_norms[parts[0]] = stats[f"params/{parts[0]}/norm"]
-    return update_ratio_from_norms(update_norms, param_norms, prefix="updates")
+    if options.per == "layer":  # the norms are the layers' already
+        out.update(
+            {
+                f"updates/{k}/update_ratio": update_norms[k] / (param_norms[k] + 1e-12)
+                for k in update_norms
+            }
+        )
+        return out
+    out.update(update_ratio_from_norms(update_norms, param_norms, prefix="updates"))
+    return out
 
 
 def _metric_values(options: ObserveOptions, out: Any) -> dict[str, Any]:

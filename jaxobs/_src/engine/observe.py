@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxobs._src.device.guard import GuardState, guard_init
+from jaxobs._src.device.window import WindowState, window_init
 from jaxobs._src.engine.body import step_body
 from jaxobs._src.engine.collect import warn_once
 from jaxobs._src.engine.delivery import Callbacks, Deliverer, Ticket, under_transformation
@@ -95,8 +96,9 @@ class Observed:
         self.supervisor = Supervisor(self.options.checker, self.options.flight_recorder)
         self.supervisor.add_source(self.flush)
         self._shape: StepShape | None = None
-        self._jitted: Callable | None = None
+        self._programs: dict[tuple[bool, bool], Callable] = {}  # (sample, hist) -> jitted
         self._guard_state: GuardState | None = None
+        self._window: WindowState | None = None
         self._calls = 0  # host calls dispatched (the step of a state without a counter)
         self._clock = StepClock()
         self._deliverer = Deliverer(self._deliver)
@@ -119,10 +121,13 @@ class Observed:
         )
         call = self._calls
         step = call
-        if supervisor.snapshot_every:  # read before the call: it may donate the state
+        if supervisor.snapshot_every or self._samples:  # read before the call: it may donate
             step = self._clock.step(call, lambda: self._current_step(args))
         self._calls += 1
-        out, packed = self._dispatch(np.int32(call), args, kwargs)
+        options = self.options
+        sample = step % options.every == 0
+        hist = bool(options.histograms) and step % options.histograms == 0
+        out, packed = self._dispatch(np.int32(call), (sample, hist), args, kwargs)
         snapshot = supervisor.after_step(step, lambda: shape.state_tree(args, out))
         self._deliverer.submit(packed, Ticket(run, call, snapshot))
         return out
@@ -221,9 +226,16 @@ class Observed:
         value = self.shape.step(args)
         return self._calls if value is None else int(jax.device_get(value))
 
-    def _dispatch(self, step: np.int32, args: tuple, kwargs: dict) -> tuple[Any, Packed]:
+    @property
+    def _samples(self) -> bool:
+        """Whether the host chooses between programs (every=N, histograms=N)."""
+        return self.options.every > 1 or self.options.histograms > 1
+
+    def _dispatch(
+        self, step: np.int32, program: tuple[bool, bool], args: tuple, kwargs: dict
+    ) -> tuple[Any, Packed]:
         try:
-            return self._run_jitted(step, args, kwargs)
+            return self._run_jitted(step, program, args, kwargs)
         except jax.errors.UnexpectedTracerError:
             if not self.options.activations:
                 raise
@@ -233,45 +245,68 @@ class Observed:
                 "(scan/remat/vmap) in this step; they are turned off for it",
             )
             self.options = dataclasses.replace(self.options, activations=False)
-            self._jitted = None
+            self._programs = {}
             self._guard_state = None  # its dead-unit masks went with the activations
-            return self._run_jitted(step, args, kwargs)
+            return self._run_jitted(step, program, args, kwargs)
 
-    def _run_jitted(self, step: np.int32, args: tuple, kwargs: dict) -> tuple[Any, Packed]:
-        guard = self._ensure_guard(step, args, kwargs)
-        if self._jitted is None:
-            self._jitted = self.shape.jit(self._traced_fn(), **_shift(self.options.jit_kwargs))
-        out, packed, self._guard_state = self._jitted(step, guard, *args, **kwargs)
+    def _run_jitted(
+        self, step: np.int32, program: tuple[bool, bool], args: tuple, kwargs: dict
+    ) -> tuple[Any, Packed]:
+        carry = self._ensure_carry(step, args, kwargs)
+        jitted = self._programs.get(program)
+        if jitted is None:  # compiled on first use: a run with every=1 never builds the plain one
+            jitted = self.shape.jit(self._traced_fn(*program), **_shift(self.options.jit_kwargs))
+            self._programs[program] = jitted
+        out, packed, (self._guard_state, self._window) = jitted(step, carry, *args, **kwargs)
         return out, packed
 
-    def _traced_fn(self) -> Callable:
-        """The body to jit: the user's step with the step counter and the guard state as
-        first arguments."""
+    def _traced_fn(self, sample: bool, hist: bool) -> Callable:
+        """The body to jit: the user's step with the step counter and the carried state
+        (guard, window) as first arguments; ``sample`` and ``hist`` say whether this program
+        computes the statistics and the histograms."""
 
-        def traced(_jaxobs_step, _jaxobs_guard, *args, **kwargs):
-            out, packed, guard, _ = step_body(
-                self.options, self.shape, self.fn, _jaxobs_step, _jaxobs_guard, args, kwargs
+        def traced(_jaxobs_step, _jaxobs_carry, *args, **kwargs):
+            body = step_body(
+                self.options,
+                self.shape,
+                self.fn,
+                _jaxobs_step,
+                _jaxobs_carry,
+                args,
+                kwargs,
+                sample=sample,
+                hist=hist,
             )
-            return out, packed, guard
+            return body.out, body.packed, (body.guard, body.window)
 
-        return _with_signature(traced, self.fn, ("_jaxobs_step", "_jaxobs_guard"))
+        return _with_signature(traced, self.fn, ("_jaxobs_step", "_jaxobs_carry"))
 
-    def _ensure_guard(self, step: np.int32, args: tuple, kwargs: dict) -> GuardState | None:
-        checker = self.health
-        if checker is None:
-            return None
-        if self._guard_state is None:
+    def _ensure_carry(
+        self, step: np.int32, args: tuple, kwargs: dict
+    ) -> tuple[GuardState | None, WindowState | None]:
+        """The guard's and the window's states, made on the first call: one abstract trace
+        (nothing runs) finds the layers whose units the guard tracks and the signals the
+        step has for the window."""
+        checker, options = self.health, self.options
+        need_guard = checker is not None and self._guard_state is None
+        need_window = bool(options.window) and self._window is None
+        if need_guard or need_window:
             alive: dict[str, Any] = {}
-            if self.options.probes_activations:
-                # One abstract trace finds the layers whose units the guard will track.
-                probe = guard_init(checker.guard_config)
+            signals: tuple[str, ...] = ()
+            if (need_guard and options.probes_activations) or need_window:
+                probe = None if checker is None else guard_init(checker.guard_config)
 
                 def trace(*a, **k):
-                    return step_body(self.options, self.shape, self.fn, step, probe, a, k).alive
+                    body = step_body(options, self.shape, self.fn, step, (probe, None), a, k)
+                    return body.alive, body.signals
 
-                alive = self.shape.eval_shape(trace, *args, **kwargs)
-            self._guard_state = guard_init(checker.guard_config, alive)
-        return self._guard_state
+                alive, found = self.shape.eval_shape(trace, *args, **kwargs)
+                signals = tuple(n for n in options.window if n in found)
+            if need_guard:
+                self._guard_state = guard_init(checker.guard_config, alive)
+            if need_window:
+                self._window = window_init(signals)
+        return self._guard_state, self._window
 
     # -- the callbacks transport
 
@@ -288,16 +323,19 @@ class Observed:
         # Without a step in the state, a host counter read here would be a constant of the
         # trace: the step is then given on arrival, by ordered callbacks.
         on_host = shape.step(args) is None
-        out, packed, _, _ = step_body(
+        body = step_body(
             self.options,
             shape,
             self.fn,
             jnp.int32(-1),
-            None,
+            (None, None),
             args,
             kwargs,
+            sample=None,
+            hist=None,
             numbered_on_host=on_host,
         )
+        out, packed = body.out, body.packed
         # A callback has no host dispatch to bind its run at: the run active on arrival.
         self._callbacks.send(packed, lambda: Ticket(self._bind_run()), number_on_arrival=on_host)
         return out

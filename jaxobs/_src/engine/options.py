@@ -9,14 +9,22 @@ from typing import Any
 
 import jax
 
-from jaxobs._src.device.stats import ACT_STATS, STATS, check_stats
+from jaxobs._src.device.stats import ACT_STATS, PER, STATS, check_stats
+from jaxobs._src.device.window import SIGNALS
+from jaxobs._src.engine.levels import LogLevel
 from jaxobs._src.host.checker import HealthChecker
 from jaxobs._src.host.recorder import FlightRecorder
 
 __all__ = ["PER", "WATCH", "ObserveOptions", "flight_recorder", "health_checker"]
 
 WATCH = ("params", "updates", "grads", "metrics", "acts", "taps")
-PER = ("leaf", "layer")
+# What each level computes when stats=, per= are not given: (stats, per).
+LEVEL_STATS = {
+    LogLevel.BASIC: (("norm",), "global"),
+    LogLevel.DETAILED: (("norm",), "layer"),
+    LogLevel.EXPERT: (STATS, "leaf"),
+    LogLevel.DEBUG: (STATS, "leaf"),
+}
 MAX_HISTOGRAM_BINS = 512  # W&B's limit
 
 
@@ -47,6 +55,27 @@ def flight_recorder(recorder: Any) -> FlightRecorder | None:
     return FlightRecorder(recorder) if recorder else None
 
 
+def _window(window: Any, every: int, checker: HealthChecker | None) -> tuple[str, ...]:
+    """The signals kept between samples: None (the default) is the loss and the gradient
+    norm, and the largest update when the guard is on; True all of `SIGNALS`; False none."""
+    if window is None:
+        names: tuple[str, ...] = SIGNALS if checker is not None else SIGNALS[:2]
+    elif window is True or window is False:
+        names = SIGNALS if window else ()
+    elif isinstance(window, str) or not isinstance(window, Iterable):
+        raise TypeError(
+            f"observe(window={window!r}): True, False, or an iterable of signals from {SIGNALS}"
+        )
+    else:
+        names = tuple(window)
+        unknown = [n for n in names if n not in SIGNALS]
+        if unknown:
+            raise ValueError(
+                f"observe(window=...): unknown signals {unknown}; choose from {SIGNALS}"
+            )
+    return names if every > 1 else ()
+
+
 def _int_at_least(name: str, value: Any, low: int, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low} ({what}), got {value!r}")
@@ -68,9 +97,11 @@ def _jit_parameters() -> set[str]:
 class ObserveOptions:
     """What `jaxobs.observe` computes and where it sends it (see `jaxobs.observe` for each).
 
-    Inputs are normalised on construction: ``watch`` becomes a frozenset, ``stats`` and
-    ``act_stats`` tuples, ``health`` a `HealthChecker` or None, ``recorder`` a
-    `FlightRecorder` or None (an int is a number of steps; 0 is off).
+    Inputs are normalised on construction: ``level`` becomes a `LogLevel`; ``stats``,
+    ``per`` and ``histograms`` left at None take the level's (`LogLevel`); ``watch`` becomes
+    a frozenset, ``stats`` and ``act_stats`` tuples, ``health`` a `HealthChecker` or None,
+    ``recorder`` a `FlightRecorder` or None (an int is a number of steps; 0 is off),
+    ``window`` the tuple of signals kept between samples (empty at ``every=1``).
 
     Raises:
       ValueError: an option out of range or an unknown name, naming the option.
@@ -78,30 +109,38 @@ class ObserveOptions:
     """
 
     run: Any = None
+    level: LogLevel | str = LogLevel.DETAILED
     every: int = 1
     watch: Iterable[str] = WATCH
-    stats: Iterable[str] = STATS
-    per: str = "leaf"
+    stats: Iterable[str] | None = None
+    per: str | None = None
     activations: bool = False
     act_stats: Iterable[str] = ACT_STATS
     metrics_prefix: str = "train"
     health: HealthChecker | bool | None = None
     recorder: FlightRecorder | int | None = 256
-    histograms: int = 0
+    histograms: int | None = None
     histogram_bins: int = 64
+    window: bool | Iterable[str] | None = None
     jit: bool = True
     jit_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        level = LogLevel.of(self.level)
         _int_at_least("every", self.every, 1, "compute statistics every N steps")
+        default_stats, default_per = LEVEL_STATS[level]
+        per = default_per if self.per is None else self.per
+        histograms = self.histograms
+        if histograms is None:
+            histograms = self.every if level is LogLevel.DEBUG else 0
         watch = (self.watch,) if isinstance(self.watch, str) else tuple(self.watch)
         unknown = [w for w in watch if w not in WATCH]
         if unknown:
             raise ValueError(f"observe(watch=...): unknown entries {unknown}; choose from {WATCH}")
-        if self.per not in PER:
-            raise ValueError(f"observe(per={self.per!r}): choose 'leaf' or 'layer'")
+        if per not in PER:
+            raise ValueError(f"observe(per={per!r}): choose one of {PER}")
         try:
-            stats = check_stats(self.stats)
+            stats = check_stats(default_stats if self.stats is None else self.stats)
             act_stats = check_stats(self.act_stats, ACT_STATS)
         except ValueError as e:
             raise ValueError(f"observe(stats=..., act_stats=...): {e}") from None
@@ -110,7 +149,7 @@ class ObserveOptions:
                 raise TypeError(f"observe({name}={getattr(self, name)!r}): True or False")
         if not isinstance(self.metrics_prefix, str):
             raise TypeError(f"observe(metrics_prefix={self.metrics_prefix!r}): a string")
-        _int_at_least("histograms", self.histograms, 0, "every how many steps; 0: off")
+        _int_at_least("histograms", histograms, 0, "every how many steps; 0: off")
         _int_at_least("histogram_bins", self.histogram_bins, 1, "bins per histogram")
         if self.histogram_bins > MAX_HISTOGRAM_BINS:
             raise ValueError(
@@ -125,11 +164,16 @@ class ObserveOptions:
                 f"observe got unknown options {unknown}: neither an option of observe "
                 f"({', '.join(known)}) nor an argument of jax.jit"
             )
+        checker = health_checker(self.health)
         normal = {
+            "level": level,
+            "per": per,
+            "histograms": histograms,
+            "window": _window(self.window, self.every, checker),
             "watch": frozenset(watch),
             "stats": stats,
             "act_stats": act_stats,
-            "health": health_checker(self.health),
+            "health": checker,
             "recorder": flight_recorder(self.recorder),
             "jit_kwargs": jit_kwargs,
         }
