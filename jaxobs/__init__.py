@@ -4,7 +4,7 @@ This module is the public API; the implementation lives in `jaxobs._src`, whose 
 names may change in any release. Topic modules: `jaxobs.stats` (pure pytree statistics),
 `jaxobs.health` (rules, the on-device guard), `jaxobs.crash` (crash dumps and forensics),
 `jaxobs.testing` (capturing a run in your own tests), `jaxobs.artifacts` (confusion
-matrices, log destinations), and the tracker bridges in `jaxobs.bridges`.
+matrices, log destinations), `jaxobs.presets` (option sets: production, debug), and the tracker bridges in `jaxobs.bridges`.
 
 `observe`, `tap` and `Observed` import JAX; they and the topic modules are loaded on first
 use, so that the run record and the `jaxobs` command start without it.
@@ -24,6 +24,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from jaxobs._src.device.guard import GuardState
+from jaxobs._src.engine.levels import LogLevel
 from jaxobs._src.formats.config import ConfigError
 from jaxobs._src.formats.errors import (
     RunDirError,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from jaxobs import artifacts as artifacts
     from jaxobs import crash as crash
     from jaxobs import health as health
+    from jaxobs import presets as presets
     from jaxobs import stats as stats
     from jaxobs import testing as testing
     from jaxobs._src.engine.collect import tap
@@ -61,7 +63,7 @@ _LAZY = {
     "Observed": "jaxobs._src.engine.observe",
     "tap": "jaxobs._src.engine.collect",
 }
-_MODULES = ("artifacts", "crash", "health", "stats", "testing")
+_MODULES = ("artifacts", "crash", "health", "presets", "stats", "testing")
 # Names that moved out of the headline API: still reachable here, with a warning.
 _MOVED = {"ConfusionMatrix": "jaxobs.artifacts", "LogDestination": "jaxobs.artifacts"}
 
@@ -100,6 +102,7 @@ __all__ = [
     "GuardState",
     "HealthChecker",
     "Level",
+    "LogLevel",
     "MetricHistory",
     "Observed",
     "Run",

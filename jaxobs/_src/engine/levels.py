@@ -16,8 +16,10 @@ class LogLevel(enum.Enum):
     - ``BASIC``: the returned metrics, the global norms of the watched trees
       (``grads/global_norm``, ``params/global_norm``, ``updates/global_norm``), the global
       update ratio (``updates/update_ratio``) and the guard's signals. For production.
-    - ``DETAILED`` (the default): ``BASIC`` plus per-layer norms (``grads/<layer>/norm``, ...)
-      and per-layer update ratios (``updates/<layer>/update_ratio``).
+    - ``DETAILED`` (the default): ``BASIC`` plus the norm of every leaf
+      (``grads/<layer>/kernel/norm``, ...: the per-layer norms follow from them on the host,
+      `jaxobs.crash.layer_norms`) and per-layer update ratios
+      (``updates/<layer>/update_ratio``).
     - ``EXPERT``: every statistic of `jaxobs.stats.STATS` per leaf, plus activations when
       ``activations=True``.
     - ``DEBUG``: ``EXPERT`` plus histograms of the watched trees at every sampled step.

@@ -135,7 +135,9 @@ class Observed:
     # -- public state
 
     run = _option("run")
+    level = _option("level")
     every = _option("every")
+    window = _option("window")
     watch = _option("watch")
     stats = _option("stats")
     per = _option("per")
@@ -279,6 +281,11 @@ class Observed:
             )
             return body.out, body.packed, (body.guard, body.window)
 
+        # Named after the user's step, so compilations and profiles show whose it is.
+        name = getattr(self.fn, "__name__", "step")
+        traced.__name__ = traced.__qualname__ = (
+            f"{name}{'' if sample else '_plain'}{'_hist' if hist and not sample else ''}"
+        )
         return _with_signature(traced, self.fn, ("_jaxobs_step", "_jaxobs_carry"))
 
     def _ensure_carry(
@@ -412,25 +419,46 @@ def observe(
     - an NNX step ``(model, optimizer, batch) -> metrics`` that updates the model in place,
     - a plain optax step ``(params, opt_state, batch) -> (params, opt_state, metrics)``:
 
-    ``params/<path>/<stat>`` of the new parameters, ``updates/<path>/<stat>`` of new minus old
-    parameters, ``updates/<layer>/update_ratio`` (``||new - old|| / ||new||`` over the layer's
-    leaves, from the norms already computed), and ``train/<name>`` for every scalar in the
-    returned metrics dict. Gradients (and anything else) are recorded with
-    ``jaxobs.tap(grads=grads)`` inside the step. With ``activations=True``, the outputs of flax
-    linen and NNX layers (Dense/Linear, Conv, ConvTranspose, norms, Embed, attention) are
-    reduced to ``acts/<layer path>/<stat>`` where they are produced.
+    statistics of the new parameters (``params/...``) and of new minus old parameters
+    (``updates/...``), ``updates/<layer>/update_ratio`` (``||new - old|| / ||new||`` over the
+    layer's leaves, from the norms already computed), and ``train/<name>`` for every scalar
+    in the returned metrics dict. Gradients (and anything else) are recorded with
+    ``jaxobs.tap(grads=grads)`` inside the step. Which statistics, and so the cost, is set by
+    ``level`` (`LogLevel`): ``BASIC`` global norms (``grads/global_norm``), ``DETAILED`` (the
+    default) the norm of every leaf (``grads/Dense_0/kernel/norm``), ``EXPERT`` every
+    statistic of `jaxobs.stats.STATS` per leaf, ``DEBUG`` those and histograms. With
+    ``activations=True``, the outputs of flax linen and NNX layers (Dense/Linear, Conv,
+    ConvTranspose, norms, Embed, attention) are reduced to ``acts/<layer path>/<stat>`` where
+    they are produced.
+
+    With ``every=N``, `observe` compiles two programs (on first use of each) and chooses on
+    the host: the observed one at one step in N, and at the others the plain step plus the
+    metrics and what the health guard needs; no predicate inside the step. The health
+    signals (the loss, the gradient norm, and with ``health`` the largest update) are still
+    computed at every step, reduced on the device to ``window/<signal>/min``, ``/max``,
+    ``/mean``, ``/last`` and ``/nonfinite`` (and ``window/steps``), and delivered with the next
+    sampled step: a spike between two samples is never hidden.
 
     Args:
       fn: The train step (omit it to get a decorator: ``@observe(every=10)``).
 
     Keyword Args:
       run (Run | None): The `jaxobs.Run` to feed (default: the run active when the step is called).
-      every (int): Compute statistics every N steps only (behind `lax.cond`; other steps pay nothing
-        but a predicate). Metrics are recorded every step.
+      level (LogLevel | str): How much to compute (`LogLevel`; ``"basic"``, ``"detailed"``, the
+        default, ``"expert"``, ``"debug"``). ``stats``, ``per``, ``watch`` and ``histograms``
+        given explicitly win over it.
+      every (int): Compute statistics at one step in N (the steps whose number is a multiple of
+        N), in a program of their own; the other steps run the plain program. Metrics and the
+        health guard run at every step.
+      window (bool | Iterable[str] | None): The health signals kept between samples with
+        ``every > 1``, from ``("loss", "grad_norm", "update_max_abs")``: the default (None)
+        keeps the loss and the gradient norm, and the largest update when ``health`` is on;
+        True all three; False none.
       watch (Iterable[str]): Which groups to record: ``params``, ``updates``, ``grads``,
         ``metrics``, ``acts``, ``taps``.
-      stats (Iterable[str]): Which statistics of `jaxobs.stats.STATS` to compute.
-      per (str): ``"leaf"`` (default) or ``"layer"``.
+      stats (Iterable[str]): Which statistics of `jaxobs.stats.STATS` to compute (default: the
+        level's).
+      per (str): ``"leaf"``, ``"layer"`` or ``"global"`` (default: the level's).
       activations (bool): Record activation statistics (flax linen and NNX).
       act_stats (Iterable[str]): Which of `jaxobs.stats.ACT_STATS`.
       metrics_prefix (str): Prefix for returned metrics (default ``train``: ``train/loss``).
@@ -439,7 +467,8 @@ def observe(
       recorder (int | FlightRecorder | None): The flight recorder for crash dumps: a number of steps
         to keep (default 256; 0: off) or a configured `jaxobs.FlightRecorder`.
       histograms (int): Every how many steps to compute histograms of the watched parameters,
-        updates and tapped gradients on the device (0, the default: never). Only the bins
+        updates and tapped gradients on the device (0: never; the default is 0, or ``every``
+        at the ``DEBUG`` level). Only the bins
         (``histogram_bins + 4`` numbers per leaf) leave the device; they are recorded with
         `jaxobs.Run.log_histograms` under ``params/<path>``, ``updates/<path>``, ``grads/<path>``.
       histogram_bins (int): Bins per histogram (at most 512).

@@ -21,7 +21,9 @@ WATCH = ("params", "updates", "grads", "metrics", "acts", "taps")
 # What each level computes when stats=, per= are not given: (stats, per).
 LEVEL_STATS = {
     LogLevel.BASIC: (("norm",), "global"),
-    LogLevel.DETAILED: (("norm",), "layer"),
+    # Per-leaf norms, not per-layer ones: the same reductions, and keys whose layer the host
+    # can always tell (``layer_of``), even in nested modules.
+    LogLevel.DETAILED: (("norm",), "leaf"),
     LogLevel.EXPERT: (STATS, "leaf"),
     LogLevel.DEBUG: (STATS, "leaf"),
 }
