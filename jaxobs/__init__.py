@@ -4,7 +4,8 @@ This module is the public API; the implementation lives in `jaxobs._src`, whose 
 names may change in any release. Topic modules: `jaxobs.stats` (pure pytree statistics),
 `jaxobs.health` (rules, the on-device guard), `jaxobs.crash` (crash dumps and forensics),
 `jaxobs.testing` (capturing a run in your own tests), `jaxobs.artifacts` (confusion
-matrices, log destinations), `jaxobs.presets` (option sets: production, debug), and the tracker bridges in `jaxobs.bridges`.
+matrices, log destinations), `jaxobs.presets` (option sets: production, debug), and the
+tracker bridges in `jaxobs.bridges`.
 
 `observe`, `tap` and `Observed` import JAX; they and the topic modules are loaded on first
 use, so that the run record and the `jaxobs` command start without it.

@@ -100,7 +100,7 @@ def _observe_run(tmp_path, batches, **options):
 def test_every_n_compiles_two_programs_and_samples_the_multiples(tmp_path):
     batches = _batches(12)
     with log_compilations() as log:
-        step, table = _observe_run(tmp_path, batches, every=4)
+        _, table = _observe_run(tmp_path, batches, every=4)
     assert log.count_of("train_step") == 1
     assert log.count_of("train_step_plain") == 1
     assert sorted(table["grads/hidden/kernel/norm"]) == [0, 4, 8]
@@ -209,7 +209,7 @@ def test_explicit_options_win_over_the_level(tmp_path):
 
 
 def test_levels_and_windows_reject_bad_values():
-    with pytest.raises(ValueError, match="level='loud'.*basic, detailed, expert, debug"):
+    with pytest.raises(ValueError, match=r"level='loud'.*basic, detailed, expert, debug"):
         jaxobs.observe(train_step, level="loud")
     with pytest.raises(ValueError, match="unknown signals \\['lr'\\]"):
         jaxobs.observe(train_step, every=2, window=["lr"])
