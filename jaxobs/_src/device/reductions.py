@@ -27,7 +27,7 @@ def float_leaves(tree: Any) -> list[tuple[str, jax.Array]]:
     return out
 
 
-def moments(x: jax.Array, need: set[str]) -> dict[str, jax.Array]:
+def moments(x: jax.Array, need: set[str], *, masked: bool = True) -> dict[str, jax.Array]:
     """Combinable reductions of one leaf, in float32.
 
     Returns count (finite elements), nonfinite, and as needed: sum, m2 (sum of squared
@@ -38,11 +38,35 @@ def moments(x: jax.Array, need: set[str]) -> dict[str, jax.Array]:
     a shift by the mean of a small strided sample, so a leaf like ``100 + 0.01 * noise``
     keeps its digits.
     A leaf with NaN/inf elements, or whose squares overflow float32, takes a masked and scaled
-    two-pass route instead, behind `lax.cond`, so healthy steps never pay for it.
+    two-pass route instead, behind `lax.cond`, so healthy steps never pay for its passes.
+    With ``masked=False`` there is no such route (nor its cond, which costs a step on XLA:CPU
+    more than the reductions do: see the performance docs): a leaf with a non-finite element
+    then has a non-finite sum and norm, and ``nonfinite`` is not counted (0).
     """
     x = x.astype(jnp.float32) if x.dtype != jnp.float32 else x
+    plain, checks = _fast(x, need)
+
+    def healthy_(_):
+        return {**plain, "nonfinite": jnp.float32(0)}
+
+    def rare_(_):
+        return _rare(x, need, plain)
+
+    if not masked:
+        out = healthy_(None)
+    else:
+        healthy = jnp.all(jnp.isfinite(jnp.stack(checks)))
+        if isinstance(healthy, jax.core.Tracer):
+            out = lax.cond(healthy, healthy_, rare_, None)
+        else:  # called eagerly: choose in Python, so nothing is compiled per call
+            out = healthy_(None) if bool(healthy) else rare_(None)
+    out["count"] = jnp.float32(x.size) - out["nonfinite"]
+    return out
+
+
+def _fast(x: jax.Array, need: set[str]) -> tuple[dict[str, jax.Array], list[jax.Array]]:
+    """The one-pass reductions of a healthy leaf, and the sums whose finiteness says it is."""
     n = jnp.float32(x.size)
-    want_sq = bool(need & {"sumsq", "m2"})
     plain: dict[str, jax.Array] = {}
     checks: list[jax.Array] = []
     if "m2" in need:
@@ -59,7 +83,7 @@ def moments(x: jax.Array, need: set[str]) -> dict[str, jax.Array]:
         plain["m2"] = jnp.maximum(dssq - dsum * dsum / n, 0.0)
         plain["scale"] = jnp.float32(1.0)
         plain["sum"] = dsum + n * c
-        if want_sq and "sumsq" in need:
+        if "sumsq" in need:
             plain["norm"] = jnp.sqrt(jnp.maximum(dssq + 2.0 * c * dsum + n * c * c, 0.0))
     else:
         if "sum" in need or not need:
@@ -78,42 +102,37 @@ def moments(x: jax.Array, need: set[str]) -> dict[str, jax.Array]:
     if "zeros" in need:
         plain["zeros"] = jnp.sum((x == 0).astype(jnp.float32))
     if not checks:  # min/max/zeros alone: a finiteness check needs a sum
-        checks = [jnp.sum(x)]
+        checks = [plain["sum"] if "sum" in plain else jnp.sum(x)]
+    return plain, checks
 
-    def rare(_):
-        finite = jnp.isfinite(x)
-        xf = jnp.where(finite, x, 0.0)
-        count = jnp.sum(finite.astype(jnp.float32))
-        out = {"nonfinite": n - count}
-        if "sum" in plain:
-            out["sum"] = jnp.sum(xf)
-        if want_sq or "m2" in plain:
-            scale = jnp.max(jnp.abs(xf))
-            scale = jnp.where(scale > 0, scale, 1.0)
-            if "norm" in plain:  # the same keys as the fast path
-                out["norm"] = scale * jnp.sqrt(jnp.sum(jnp.square(xf / scale)))
-            if "m2" in plain:
-                mean = jnp.sum(xf / scale) / jnp.maximum(count, 1.0)
-                dev = jnp.where(finite, x / scale - mean, 0.0)
-                out["m2"] = jnp.sum(dev * dev)  # in units of scale**2: no overflow
-                out["scale"] = scale
-        if "min" in plain:
-            out["min"] = jnp.min(jnp.where(finite, x, jnp.inf))
-        if "max" in plain:
-            out["max"] = jnp.max(jnp.where(finite, x, -jnp.inf))
-        if "zeros" in plain:
-            out["zeros"] = plain["zeros"]
-        return out
 
-    def healthy_(_):
-        return {**plain, "nonfinite": jnp.float32(0)}
-
-    healthy = jnp.all(jnp.isfinite(jnp.stack(checks)))
-    if isinstance(healthy, jax.core.Tracer):
-        out = lax.cond(healthy, healthy_, rare, None)
-    else:  # called eagerly: choose in Python, so nothing is compiled per call
-        out = healthy_(None) if bool(healthy) else rare(None)
-    out["count"] = n - out["nonfinite"]
+def _rare(x: jax.Array, need: set[str], plain: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The masked, scaled reductions of a leaf with non-finite elements (or overflowing
+    squares), with the keys of the fast route."""
+    n = jnp.float32(x.size)
+    want_sq = bool(need & {"sumsq", "m2"})
+    finite = jnp.isfinite(x)
+    xf = jnp.where(finite, x, 0.0)
+    count = jnp.sum(finite.astype(jnp.float32))
+    out = {"nonfinite": n - count}
+    if "sum" in plain:
+        out["sum"] = jnp.sum(xf)
+    if want_sq or "m2" in plain:
+        scale = jnp.max(jnp.abs(xf))
+        scale = jnp.where(scale > 0, scale, 1.0)
+        if "norm" in plain:  # the same keys as the fast path
+            out["norm"] = scale * jnp.sqrt(jnp.sum(jnp.square(xf / scale)))
+        if "m2" in plain:
+            mean = jnp.sum(xf / scale) / jnp.maximum(count, 1.0)
+            dev = jnp.where(finite, x / scale - mean, 0.0)
+            out["m2"] = jnp.sum(dev * dev)  # in units of scale**2: no overflow
+            out["scale"] = scale
+    if "min" in plain:
+        out["min"] = jnp.min(jnp.where(finite, x, jnp.inf))
+    if "max" in plain:
+        out["max"] = jnp.max(jnp.where(finite, x, -jnp.inf))
+    if "zeros" in plain:
+        out["zeros"] = plain["zeros"]
     return out
 
 

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 
 from jaxobs._src.device.keys import layer_norms
 from jaxobs._src.device.paths import group_by_layer
-from jaxobs._src.device.reductions import NEEDS, combine, finish_stats, float_leaves, moments
+from jaxobs._src.device.reductions import (
+    NEEDS,
+    combine,
+    finish_stats,
+    float_leaves,
+    moments,
+)
 
 __all__ = [
     "ACT_STATS",
@@ -97,10 +103,12 @@ def tree_stats(
         name = path if per == "leaf" else group_by_layer(path) if per == "layer" else ""
         groups.setdefault(name, []).append(leaf)
     out: dict[str, jax.Array] = {}
+    masked = set(stats) != {"norm"}  # norms alone: no masked route (see `moments`)
     parts: list[dict[str, jax.Array]] = []
     for name, members in groups.items():
-        parts += [moments(leaf, need) for leaf in members]
-        combined = parts[-1] if len(members) == 1 else combine(parts[-len(members) :])
+        mine = [moments(leaf, need, masked=masked) for leaf in members]
+        parts += mine
+        combined = mine[0] if len(members) == 1 else combine(mine)
         size = float(sum(math.prod(leaf.shape) for leaf in members))
         for s, v in finish_stats(combined, stats, size).items():
             out[f"{head}{name}/{s}" if name else f"{head}global_{s}"] = v

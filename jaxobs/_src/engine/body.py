@@ -60,7 +60,7 @@ class _Updates:
 
     def get(self) -> Any:
         if self._value is None:
-            self._value = jax.tree.map(jnp.subtract, settled(self.new), settled(self.old))
+            self._value = jax.tree.map(jnp.subtract, settled(self.new), self.old)
         if self._skipped is None:
             return self._value
         return jax.tree.map(lambda u: jnp.where(self._skipped, jnp.zeros_like(u), u), self._value)
