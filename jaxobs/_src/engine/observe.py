@@ -424,8 +424,8 @@ def observe(
     layer's leaves, from the norms already computed), and ``train/<name>`` for every scalar
     in the returned metrics dict. Gradients (and anything else) are recorded with
     ``jaxobs.tap(grads=grads)`` inside the step. Which statistics, and so the cost, is set by
-    ``level`` (`jaxobs.LogLevel`): ``BASIC`` global norms (``grads/global_norm``), ``DETAILED`` (the
-    default) the norm of every leaf (``grads/Dense_0/kernel/norm``), ``EXPERT`` every
+    ``level`` (`jaxobs.LogLevel`): ``BASIC`` global norms (``grads/global_norm``),
+    ``DETAILED`` (the default) the norm of every leaf (``grads/Dense_0/kernel/norm``), ``EXPERT`` every
     statistic of `jaxobs.stats.STATS` per leaf, ``DEBUG`` those and histograms. With
     ``activations=True``, the outputs of flax linen and NNX layers (Dense/Linear, Conv,
     ConvTranspose, norms, Embed, attention) are reduced to ``acts/<layer path>/<stat>`` where
