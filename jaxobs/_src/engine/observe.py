@@ -425,8 +425,9 @@ def observe(
     in the returned metrics dict. Gradients (and anything else) are recorded with
     ``jaxobs.tap(grads=grads)`` inside the step. Which statistics, and so the cost, is set by
     ``level`` (`jaxobs.LogLevel`): ``BASIC`` global norms (``grads/global_norm``),
-    ``DETAILED`` (the default) the norm of every leaf (``grads/Dense_0/kernel/norm``), ``EXPERT`` every
-    statistic of `jaxobs.stats.STATS` per leaf, ``DEBUG`` those and histograms. With
+    ``DETAILED`` (the default) the norm of every leaf (``grads/Dense_0/kernel/norm``),
+    ``EXPERT`` every statistic of `jaxobs.stats.STATS` per leaf, ``DEBUG`` those and
+    histograms. With
     ``activations=True``, the outputs of flax linen and NNX layers (Dense/Linear, Conv,
     ConvTranspose, norms, Embed, attention) are reduced to ``acts/<layer path>/<stat>`` where
     they are produced.
@@ -444,8 +445,8 @@ def observe(
 
     Keyword Args:
       run (Run | None): The `jaxobs.Run` to feed (default: the run active when the step is called).
-      level (LogLevel | str): How much to compute (`jaxobs.LogLevel`; ``"basic"``, ``"detailed"``, the
-        default, ``"expert"``, ``"debug"``). ``stats``, ``per``, ``watch`` and ``histograms``
+      level (LogLevel | str): How much to compute (`jaxobs.LogLevel`; ``"basic"``,
+        ``"detailed"``, the default, ``"expert"``, ``"debug"``). ``stats``, ``per``, ``watch`` and ``histograms``
         given explicitly win over it.
       every (int): Compute statistics at one step in N (the steps whose number is a multiple of
         N), in a program of their own; the other steps run the plain program. Metrics and the
