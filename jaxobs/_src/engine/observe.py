@@ -446,8 +446,8 @@ def observe(
     Keyword Args:
       run (Run | None): The `jaxobs.Run` to feed (default: the run active when the step is called).
       level (LogLevel | str): How much to compute (`jaxobs.LogLevel`; ``"basic"``,
-        ``"detailed"``, the default, ``"expert"``, ``"debug"``). ``stats``, ``per``, ``watch`` and ``histograms``
-        given explicitly win over it.
+        ``"detailed"``, the default, ``"expert"``, ``"debug"``). ``stats``, ``per``, ``watch``
+        and ``histograms`` given explicitly win over it.
       every (int): Compute statistics at one step in N (the steps whose number is a multiple of
         N), in a program of their own; the other steps run the plain program. Metrics and the
         health guard run at every step.
