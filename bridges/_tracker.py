@@ -15,6 +15,10 @@ live here, once:
 - **The end of a run**: the records a full queue kept from the sinks are read back from
   `events.jsonl` and sent first, then the tracker writes its last values and is finished.
 - **The sync loop**: the records the marker does not hold yet, in order.
+- **The metric budget** (`MetricBudget`, in `bridges/_budget.py`): `metrics` records reach
+  `_on_metrics` as the budget lets them through (every key while the run is within it,
+  per-layer roll-ups from the record that breaks it on), live and in a replay alike; the
+  first roll-up is said once, on the `jaxobs` logger.
 
 A bridge subclasses `TrackerSink`, names itself with `tracker` and `label`, and implements
 the hooks below; only this base class calls the underscored ones. Once the sink is bound
@@ -37,6 +41,7 @@ the hooks below; only this base class calls the underscored ones. Once the sink 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import pathlib
@@ -49,6 +54,7 @@ from jaxobs._src.formats.events import Event
 from jaxobs._src.formats.experiment import RunInfo
 from jaxobs._src.formats.rundir import RunRecord, events_of, read_run
 from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
+from jaxobs.bridges._budget import BudgetMeter, MetricBudget
 
 __all__ = ["Binding", "MarkerClock", "TrackerSink"]
 
@@ -136,13 +142,30 @@ class TrackerSink:
     Subclasses set `tracker` and `label`, implement `_start`, `is_open`, `describe` and
     `_close`, handle event types with `_on_<event type>(event)` methods, and override the
     other hooks of the module's table where they need to.
+
+    Args:
+      budget: The `MetricBudget` of the `metrics` records sent (None: `MetricBudget()`,
+        False: every key of every record).
+
+    Raises:
+      TypeError: a `budget` that is not a `MetricBudget`, None or False.
     """
 
     tracker: ClassVar[str] = ""  # `jaxobs sync --to` name and the marker's file name
     label: ClassVar[str] = ""  # the tracker's name in messages
     replay_skips: ClassVar[tuple[str, ...]] = ("tracker",)  # record types a replay leaves out
 
-    def __init__(self) -> None:
+    def __init__(self, budget: MetricBudget | bool | None = None) -> None:
+        if budget is None or budget is True:
+            budget = MetricBudget()
+        elif budget is not False and not isinstance(budget, MetricBudget):
+            raise TypeError(
+                f"{type(self).__name__}(budget={budget!r}): expected a MetricBudget, None "
+                "(the default budget) or False (send every key)"
+            )
+        self.budget: MetricBudget | None = budget or None
+        self._meter: BudgetMeter | None = None  # the budget of the open run
+        self._said_budget = False  # the roll-up is said once
         self._binding: Binding | None = None  # set by `bind` or `replay`
         self._replaying = False  # a sync: errors are raised, not reported
         self._failed = False
@@ -246,6 +269,7 @@ class TrackerSink:
         else:  # a replay saves its marker once, when the tracker has everything
             clock = MarkerClock(marker, every_s=math.inf, run=run)
         self._binding = Binding(info, path, clock)
+        self._meter = self.budget.meter() if self.budget is not None else None
 
     def handle_event(self, event: Event) -> None:
         """Send one jaxobs event to the tracker (the dispatcher calls this for every event).
@@ -258,7 +282,7 @@ class TrackerSink:
         method = getattr(self, f"_on_{event.type}", None)
         try:
             if method is not None:
-                method(event)
+                method(self._within_budget(event) if event.type == "metrics" else event)
         except Exception as e:
             if self._replaying:
                 raise
@@ -267,6 +291,45 @@ class TrackerSink:
             return
         if self._binding is not None and event.type != "run_end":
             self._binding.clock.tick(event, self._marker_info())
+
+    def _within_budget(self, event: Event) -> Event:
+        """A `metrics` event as the budget lets it through; the first roll-up is said once."""
+        meter = self._meter
+        if meter is None:
+            return event
+        values = meter.send(event.metrics, event.step, event.timestamp_ns / 1e9)
+        if meter.trip is None:
+            return event
+        if not self._said_budget:
+            self._said_budget = True
+            self._say_rolled_up(meter)
+        return dataclasses.replace(event, data={**event.data, "values": values})
+
+    def _say_rolled_up(self, meter: BudgetMeter) -> None:
+        trip, budget = meter.trip, meter.budget
+        if trip is None:
+            return
+        if trip.reason == "values_per_minute":
+            limit = budget.values_per_minute
+            why = f"{trip.values_per_minute:,} values within a minute (budget: {limit:,})"
+        else:
+            why = f"{trip.keys:,} distinct keys (budget: {budget.max_keys:,})"
+        logger.warning(
+            "jaxobs: %s metric budget: the run's metrics reached %s at step %s. From there "
+            "on, %s receives the params/updates/grads/acts statistics rolled up per layer "
+            "(norm, min, max, max_abs, nonfinite) and every statistic of the top %d leaves "
+            "of each group; %s keeps every key. Change it with %s(budget=%s.MetricBudget("
+            "values_per_minute=..., max_keys=..., top_k=...)), or send every key with "
+            "budget=False",
+            self.label,
+            why,
+            trip.step,
+            self.label,
+            budget.top_k,
+            self._binding.run_dir / "events.jsonl" if self._binding else "events.jsonl",
+            type(self).__name__,
+            type(self).__module__,
+        )
 
     def _report(self, error: Exception, event: Event) -> None:
         where = self._binding.run_dir if self._binding is not None else "the run directory"
@@ -331,6 +394,10 @@ class TrackerSink:
         if events:
             self._replaying = True
             self._open(record.info, record.dir, marker)
+            if self._meter is not None and after is not None:  # the budget as it was live
+                for event in events_of(record):
+                    if event.type == "metrics" and event.timestamp_ns <= after:
+                        self._meter.send(event.metrics, event.step, event.timestamp_ns / 1e9)
             self._before_replay(record)
             for event in events:
                 self.handle_event(event)

@@ -50,9 +50,10 @@ from jaxobs._src.formats.experiment import RunInfo
 from jaxobs._src.formats.rundir import RunRecord, read_run
 from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
 from jaxobs._src.host.alerts import SEVERITY_CODE
+from jaxobs.bridges._budget import MetricBudget
 from jaxobs.bridges._tracker import TrackerSink
 
-__all__ = ["TensorBoardSink", "sync"]
+__all__ = ["MetricBudget", "TensorBoardSink", "sync"]
 
 HPARAMS_DIR = "hparams"
 _FINAL_PREFIXES = ("train/", "val/", "test/", "eval/")
@@ -94,6 +95,8 @@ class TensorBoardSink(TrackerSink):
       histograms: Write histograms (default True).
       hparams: Write the hparams summary when the run ends (default True).
       flush_secs: How often tensorboardX writes to disk (the run's end always does).
+      budget: A `MetricBudget` (default: `MetricBudget()`), or False to write every key:
+        past it, scalars are rolled up per layer (`events.jsonl` keeps all).
     """
 
     tracker = "tensorboard"
@@ -106,8 +109,9 @@ class TensorBoardSink(TrackerSink):
         histograms: bool = True,
         hparams: bool = True,
         flush_secs: int = 10,
+        budget: MetricBudget | bool | None = None,
     ):
-        super().__init__()
+        super().__init__(budget)
         self.logdir = pathlib.Path(logdir) if logdir is not None else None
         self.histograms = histograms
         self.hparams = hparams

@@ -57,12 +57,13 @@ from jaxobs._src.formats.experiment import RunInfo
 from jaxobs._src.formats.rundir import RunRecord, read_run
 from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
 from jaxobs._src.host.alerts import SEVERITY_CODE
+from jaxobs.bridges._budget import MetricBudget
 from jaxobs.bridges._tracker import TrackerSink
 
 if TYPE_CHECKING:  # wandb is optional and imported where used
     from wandb import Run as WandbRun
 
-__all__ = ["WandbSink", "sync"]
+__all__ = ["MetricBudget", "WandbSink", "sync"]
 
 logger = logging.getLogger("jaxobs")
 
@@ -135,6 +136,8 @@ class WandbSink(TrackerSink):
         artifacts (default True).
       alerts: Also send critical health alerts through `wandb.alert` (default False).
       init_kwargs: More arguments for `wandb.init` (`job_type`, `notes`, `settings`).
+      budget: A `MetricBudget` (default: `MetricBudget()`), or False to send every key:
+        past it, W&B receives statistics rolled up per layer (`events.jsonl` keeps all).
 
     Raises:
       ValueError: an unknown `mode` or `summary` goal.
@@ -157,8 +160,9 @@ class WandbSink(TrackerSink):
         artifacts: bool = True,
         alerts: bool = False,
         init_kwargs: Mapping[str, Any] | None = None,
+        budget: MetricBudget | bool | None = None,
     ):
-        super().__init__()
+        super().__init__(budget)
         if mode not in (None, "online", "offline", "disabled"):
             raise ValueError(f"mode must be 'online', 'offline' or 'disabled', got {mode!r}")
         bad = {k: v for k, v in dict(summary or {}).items() if v not in _GOALS}
