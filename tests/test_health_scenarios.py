@@ -200,8 +200,11 @@ def test_divergence_is_flagged_at_or_before_the_first_nonfinite_step(tmp_path, c
     m = out["metrics"]
 
     def layer_norm(layer, step):
+        # A leaf is non-finite when its norm is (the default level records norms only) or,
+        # where the level records it, its nonfinite count is positive.
         leaves = [k for k in m if k.startswith(f"grads/{layer}/") and k.endswith("/norm")]
-        nf = any(m[k.replace("/norm", "/nonfinite")][step] > 0 for k in leaves)
+        counts = [m.get(k.replace("/norm", "/nonfinite"), {}).get(step, 0.0) for k in leaves]
+        nf = any(not math.isfinite(m[k][step]) for k in leaves) or any(c > 0 for c in counts)
         return math.inf if nf else math.sqrt(sum(m[k][step] ** 2 for k in leaves))
 
     def onset(layer):

@@ -856,3 +856,29 @@ def test_no_recompilation():
     assert events == []
     if hasattr(jitted, "_cache_size"):
         assert jitted._cache_size() == 1
+
+
+def test_unmasked_norms_are_non_finite_only_where_the_leaf_is():
+    """``masked=False`` (what observe uses for norm-only sets): a leaf with NaN/inf has a
+    non-finite norm, and so has the global norm; every clean leaf matches NumPy."""
+    rng = np.random.default_rng(7)
+    tree = {
+        "Dense_0": {
+            "kernel": poison(values(rng, (3, 4)), rng, [np.nan]),
+            "bias": values(rng, (4,)),
+        },
+        "scale": values(rng, ()),
+    }
+    got = jax.jit(
+        lambda t: tree_stats(t, ["norm"], prefix="g", with_global_norm=True, masked=False)
+    )(tree)
+    assert not np.isfinite(got["g/Dense_0/kernel/norm"])
+    assert not np.isfinite(got["g/global_norm"])
+    clean = {"Dense_0/bias": tree["Dense_0"]["bias"], "scale": tree["scale"]}
+    for path, leaf in clean.items():
+        want = np.linalg.norm(np.asarray(leaf, np.float64).ravel())
+        np.testing.assert_allclose(got[f"g/{path}/norm"], want, rtol=1e-5)
+    masked = tree_stats(tree, ["norm"], prefix="g", with_global_norm=True)
+    kernel = np.asarray(tree["Dense_0"]["kernel"], np.float64)
+    finite = kernel[np.isfinite(kernel)]
+    np.testing.assert_allclose(masked["g/Dense_0/kernel/norm"], np.linalg.norm(finite), rtol=1e-5)

@@ -28,7 +28,7 @@ from jaxobs._src.device.stats import (
 )
 from jaxobs._src.device.window import WindowState, window_init, window_update, window_values
 from jaxobs._src.engine.activations import linen_activations, nnx_activations
-from jaxobs._src.engine.collect import Collector, collecting, is_scalar, settled
+from jaxobs._src.engine.collect import Collector, collecting, is_scalar, masked, settled
 from jaxobs._src.engine.options import ObserveOptions
 from jaxobs._src.engine.packing import Packed, pack
 from jaxobs._src.engine.step_shapes import StepShape, metrics_of
@@ -244,7 +244,7 @@ def _state_stats(
 
     def compute() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        kwargs = {"per": options.per, "with_global_norm": True}
+        kwargs = {"per": options.per, "with_global_norm": True, "masked": masked(options.stats)}
         if "params" in watch:
             out.update(tree_stats(settled(new), options.stats, prefix="params", **kwargs))
         if "updates" in watch:

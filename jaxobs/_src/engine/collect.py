@@ -102,8 +102,19 @@ def is_scalar(value: Any) -> bool:
 
 def _reduce(collector: Collector, tree: Any, name: str) -> dict[str, jax.Array]:
     return tree_stats(
-        settled(tree), collector.stats, per=collector.per, prefix=name, with_global_norm=True
+        settled(tree),
+        collector.stats,
+        per=collector.per,
+        prefix=name,
+        with_global_norm=True,
+        masked=masked(collector.stats),
     )
+
+
+def masked(stats: tuple[str, ...]) -> bool:
+    """Whether observe reduces with the masked route for non-finite leaves: for every set of
+    statistics but the norms alone, whose `lax.cond` would cost more than the reductions."""
+    return set(stats) != {"norm"}
 
 
 def settled(tree: Any) -> Any:
