@@ -11,6 +11,7 @@ need it at every step, else inside it, so unsampled steps (``every=N``) do not p
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -108,11 +109,11 @@ def step_body(
     on_host = device_step is None and numbered_on_host
     active = _cadence(sample, options.every, step, on_host)
     collector = Collector(
-        tuple(options.stats), options.per, tuple(options.act_stats), active, watch=watch
+        options.stat_names, options.granularity, tuple(options.act_stats), active, watch=watch
     )
-    if options.histograms:
+    if options.histogram_every:
         collector.hist_bins = options.histogram_bins
-        collector.hist_active = _cadence(hist, options.histograms, step, on_host)
+        collector.hist_active = _cadence(hist, options.histogram_every, step, on_host)
     collector.track_alive = checker is not None and options.activations
     skips = checker is not None and checker.skips_on_device
     before = shape.before(args, keep_state=skips)
@@ -172,7 +173,7 @@ def _signals(
     ``grad_norm`` (of the tapped gradients), ``update_max_abs`` (the largest change of a
     parameter); each only when the step has it and the guard or the window needs it."""
     checker = options.checker
-    wanted = set(options.window)
+    wanted = set(options.window_signals)
     key = checker.loss_key if checker is not None else "loss"
     out_signals: dict[str, Any] = {}
     metrics = metrics_of(out) or {}
@@ -244,12 +245,19 @@ def _state_stats(
 
     def compute() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        kwargs = {"per": options.per, "with_global_norm": True, "masked": masked(options.stats)}
+        stats = options.stat_names
+        reduce = functools.partial(
+            tree_stats,
+            stats=stats,
+            per=options.granularity,
+            with_global_norm=True,
+            masked=masked(stats),
+        )
         if "params" in watch:
-            out.update(tree_stats(settled(new), options.stats, prefix="params", **kwargs))
+            out.update(reduce(settled(new), prefix="params"))
         if "updates" in watch:
             delta = updates.get()
-            upd = tree_stats(delta, options.stats, prefix="updates", **kwargs)
+            upd = reduce(delta, prefix="updates")
             out.update(upd)
             out.update(_update_ratios(options, upd, out, delta, new))
         return out
@@ -268,14 +276,14 @@ def _update_ratios(
     """``updates/<layer>/update_ratio`` = ||new - old|| / ||new|| per layer (and
     ``updates/update_ratio`` of the whole tree), from the norms already computed when there
     are any (``per="global"`` gives only the whole tree's)."""
-    if "norm" not in options.stats or "params" not in options.watch:
+    if "norm" not in options.stat_names or "params" not in options.watch:
         return update_ratio(delta, new, prefix="updates")
     if "updates/global_norm" not in upd:  # no floating-point parameters
         return {}
     out = {
         "updates/update_ratio": upd["updates/global_norm"] / (stats["params/global_norm"] + 1e-12)
     }
-    if options.per == "global":
+    if options.granularity == "global":
         return out
     update_norms, param_norms = {}, {}
     for key, value in upd.items():
@@ -283,7 +291,7 @@ def _update_ratios(
         if parts is not None and parts[1] == "norm":
             update_norms[parts[0]] = value
             param_norms[parts[0]] = stats[f"params/{parts[0]}/norm"]
-    if options.per == "layer":  # the norms are the layers' already
+    if options.granularity == "layer":  # the norms are the layers' already
         out.update(
             {
                 f"updates/{k}/update_ratio": update_norms[k] / (param_norms[k] + 1e-12)

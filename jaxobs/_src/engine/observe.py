@@ -102,7 +102,7 @@ class Observed:
         self._calls = 0  # host calls dispatched (the step of a state without a counter)
         self._clock = StepClock()
         self._deliverer = Deliverer(self._deliver)
-        every, histograms = self.options.every, self.options.histograms
+        every, histograms = self.options.every, self.options.histogram_every
         self._callbacks = Callbacks(self._deliver, every=every, histograms=histograms)
         functools.update_wrapper(self, fn)
 
@@ -126,7 +126,7 @@ class Observed:
         self._calls += 1
         options = self.options
         sample = step % options.every == 0
-        hist = bool(options.histograms) and step % options.histograms == 0
+        hist = bool(options.histogram_every) and step % options.histogram_every == 0
         out, packed = self._dispatch(np.int32(call), (sample, hist), args, kwargs)
         snapshot = supervisor.after_step(step, lambda: shape.state_tree(args, out))
         self._deliverer.submit(packed, Ticket(run, call, snapshot))
@@ -231,7 +231,7 @@ class Observed:
     @property
     def _samples(self) -> bool:
         """Whether the host chooses between programs (every=N, histograms=N)."""
-        return self.options.every > 1 or self.options.histograms > 1
+        return self.options.every > 1 or self.options.histogram_every > 1
 
     def _dispatch(
         self, step: np.int32, program: tuple[bool, bool], args: tuple, kwargs: dict
@@ -296,7 +296,7 @@ class Observed:
         step has for the window."""
         checker, options = self.health, self.options
         need_guard = checker is not None and self._guard_state is None
-        need_window = bool(options.window) and self._window is None
+        need_window = bool(options.window_signals) and self._window is None
         if need_guard or need_window:
             alive: dict[str, Any] = {}
             signals: tuple[str, ...] = ()
@@ -308,8 +308,8 @@ class Observed:
                     return body.alive, body.signals
 
                 alive, found = self.shape.eval_shape(trace, *args, **kwargs)
-                signals = tuple(n for n in options.window if n in found)
-            if need_guard:
+                signals = tuple(n for n in options.window_signals if n in found)
+            if need_guard and checker is not None:
                 self._guard_state = guard_init(checker.guard_config, alive)
             if need_window:
                 self._window = window_init(signals)

@@ -193,6 +193,26 @@ class ObserveOptions:
         return cls(**options, jit_kwargs=jit_kwargs)
 
     @property
+    def stat_names(self) -> tuple[str, ...]:
+        """``stats`` as normalised: the statistics to compute (the level's by default)."""
+        return tuple(self.stats or ())
+
+    @property
+    def granularity(self) -> str:
+        """``per`` as normalised: ``leaf``, ``layer`` or ``global`` (the level's by default)."""
+        return str(self.per)
+
+    @property
+    def histogram_every(self) -> int:
+        """``histograms`` as normalised: every how many steps (0: never)."""
+        return int(self.histograms or 0)
+
+    @property
+    def window_signals(self) -> tuple[str, ...]:
+        """``window`` as normalised: the signals kept between samples (none at every=1)."""
+        return self.window if isinstance(self.window, tuple) else ()
+
+    @property
     def checker(self) -> HealthChecker | None:
         """``health`` as the `HealthChecker` it was normalised to (None: no health)."""
         return self.health if isinstance(self.health, HealthChecker) else None
