@@ -40,7 +40,11 @@ __all__ = ["NAME_RE", "Run", "Terminated", "active_run"]
 
 
 # What a run id or an artifact name may be: it names a file or a folder.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# `fullmatch`, never `match` with ``$``: ``$`` also matches before a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# Steps are int64 in TensorBoard and the trackers.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _convert_named(
@@ -53,11 +57,19 @@ def _convert_named(
     for key, value in values.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"{what} names must be non-empty strings, got {key!r}")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{what} name {key!r} is not valid UTF-8 (a lone surrogate?)"
+            ) from None
         converted[key] = convert(value, key)
     return converted
 
 
 def _check_step(step: Any) -> int:
+    if hasattr(step, "__index__") and not INT64_MIN <= step <= INT64_MAX:
+        raise ValueError(f"step {step!r} is outside the int64 range [-2**63, 2**63 - 1]")
     if isinstance(step, bool) or not hasattr(step, "__index__") or step < 0:
         raise TypeError(f"step must be a non-negative integer, got {step!r}")
     return int(step)
@@ -65,7 +77,7 @@ def _check_step(step: Any) -> int:
 
 def _confusion_matrix_path(name: Any, step: Any) -> pathlib.Path:
     """``artifacts/<name>[-<step>].json``, once the name and step are checked."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError(f"artifact name {name!r} must be letters, digits, '.', '_' or '-'")
     if step is None:
         return pathlib.Path("artifacts") / f"{name}.json"
@@ -184,6 +196,7 @@ class Run:
 
         Raises:
           TypeError: a value that is not a scalar, or a non-string key; names the metric.
+          ValueError: a key that is not valid UTF-8, or a step outside int64.
           RuntimeError: the run has finished.
         """
         converted = _convert_named(values, "run.log", "metric", scalar)

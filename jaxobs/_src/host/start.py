@@ -80,10 +80,18 @@ def init(
         a `HealthChecker`.
       jaxobs.ConfigError: a config value that cannot be stored, naming its key.
     """
-    if not isinstance(project, str) or not project.strip() or "/" in project or "\\" in project:
-        raise ValueError(f"project must be a non-empty name without slashes, got {project!r}")
+    if (
+        not isinstance(project, str)
+        or not project.strip()
+        or project in (".", "..")
+        or any(c in project for c in "/\\\0")
+    ):
+        raise ValueError(
+            f"project must be a folder name under dir (no slashes, not '.' or '..'), "
+            f"got {project!r}"
+        )
     run_id = _new_run_id() if id is None else id
-    if not isinstance(run_id, str) or not NAME_RE.match(run_id):
+    if not isinstance(run_id, str) or not NAME_RE.fullmatch(run_id):
         raise ValueError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'")
     if health is not None and not isinstance(health, HealthChecker):
         raise TypeError(
