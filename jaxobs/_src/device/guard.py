@@ -254,7 +254,9 @@ def guard_update(
         new = new._replace(alive=merged, alive_batches=batches)
         values["health/dead_batches"] = batches.astype(f32)
         for k, m in merged.items():  # forward order: the dead-unit rule relies on it
-            values[f"health/dead/{k}"] = 1.0 - jnp.mean(m.astype(f32))
+            # The mean of the dead mask, not 1 - the alive one (which rounds below 0 when
+            # all are alive); clipped, as XLA may divide by multiplying with 1 / size.
+            values[f"health/dead/{k}"] = jnp.clip(jnp.mean((~m).astype(f32)), 0.0, 1.0)
     values.update(
         {
             "health/bad": bad.astype(f32),

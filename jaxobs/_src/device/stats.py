@@ -115,11 +115,19 @@ def tree_stats(
         combined = mine[0] if len(members) == 1 else combine(mine)
         size = float(sum(math.prod(leaf.shape) for leaf in members))
         for s, v in finish_stats(combined, stats, size).items():
-            out[f"{head}{name}/{s}" if name else f"{head}global_{s}"] = v
+            out[_stat_key(head, per, name, s)] = v
     if with_global_norm and per != "global" and "norm" in stats and parts:
         keep = ("count", "nonfinite", "norm")
         out[f"{head}global_norm"] = combine([{k: p[k] for k in keep} for p in parts])["norm"]
     return out
+
+
+def _stat_key(head: str, per: str, name: str, stat: str) -> str:
+    """A `tree_stats` key: ``<head>global_<stat>`` for the whole tree, else
+    ``<head><name>/<stat>``, or ``<head><stat>`` for a bare array (its path is empty)."""
+    if per == "global":
+        return f"{head}global_{stat}"
+    return f"{head}{name}/{stat}" if name else f"{head}{stat}"
 
 
 def global_norm(tree: Any) -> jax.Array:
@@ -149,7 +157,8 @@ def update_ratio(
             f"update_ratio: updates and params have different leaves: {sorted(set(u) ^ set(p))[:5]}"
         )
     head = f"{prefix}/" if prefix else ""
-    return {f"{head}{k[: -len('/norm')]}/update_ratio": u[k] / (p[k] + eps) for k in u}
+    # (a bare array's norm is keyed "norm": its ratio is "<prefix>/update_ratio")
+    return {f"{head}{k[: -len('norm')]}update_ratio": u[k] / (p[k] + eps) for k in u}
 
 
 def update_ratio_from_norms(
