@@ -47,17 +47,16 @@ def to_csv(log: TrainLog) -> str:
     once at a step gets one row per repeat, in order, so nothing is dropped. Non-finite
     values are written `nan`, `inf`, `-inf`.
 
-    Raises:
-      ValueError: a metric is named `step`, which collides with the step column.
+    The first column is always `step`. A metric named `step`, or `step` followed only by
+    underscores, is written with one more underscore (`step` as `step_`, `step_` as
+    `step__`), so no metric column can take the step column's name or another's.
     """
-    if "step" in log.names:
-        raise ValueError("a metric named 'step' collides with the step column; use --format json")
     columns: dict[str, dict[int, list[float]]] = {}
     for series in log.series:
         column: dict[int, list[float]] = {}
         for step, value in zip(log.steps_of(series), series.values, strict=True):
             column.setdefault(step, []).append(value)
-        columns[series.name] = column
+        columns[_column_name(series.name)] = column
     all_steps = sorted({step for column in columns.values() for step in column})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -71,3 +70,7 @@ def to_csv(log: TrainLog) -> str:
                 cells.append(repr(values[i]) if i < len(values) else "")
             writer.writerow([step, *cells])
     return out.getvalue()
+
+
+def _column_name(metric: str) -> str:
+    return metric + "_" if metric.rstrip("_") == "step" else metric

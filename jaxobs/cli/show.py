@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 from jaxobs._src.analysis.summary import summarize
-from jaxobs._src.analysis.text import format_value
+from jaxobs._src.analysis.text import format_value, printable
 from jaxobs._src.device.keys import flatten_mapping, layer_norms, layer_of, split_stat_key
 from jaxobs._src.formats.trainlog import TrainLog
 
@@ -61,7 +61,9 @@ def show(log: TrainLog, record: Any, show_all: bool = False) -> None:
     _show_layers(console, log)
     _show_metrics(console, log, show_all)
     if log.artifacts:
-        console.print("artifacts: " + ", ".join(f"{a.name} ({a.path})" for a in log.artifacts))
+        console.print(
+            _text("artifacts: " + ", ".join(f"{a.name} ({a.path})" for a in log.artifacts))
+        )
 
 
 def _meta(log: TrainLog, record: Any) -> Any:
@@ -72,34 +74,34 @@ def _meta(log: TrainLog, record: Any) -> Any:
     meta.add_column(style="bold")
     meta.add_column()
     if run is not None:
-        meta.add_row("project", run.project)
-        meta.add_row("name", run.name)
-        meta.add_row("run id", run.run_id)
+        _add_row(meta, "project", run.project)
+        _add_row(meta, "name", run.name)
+        _add_row(meta, "run id", run.run_id)
         if run.group:
-            meta.add_row("group", run.group)
+            _add_row(meta, "group", run.group)
         if run.tags:
-            meta.add_row("tags", ", ".join(run.tags))
+            _add_row(meta, "tags", ", ".join(run.tags))
     else:
-        meta.add_row("title", log.title)
+        _add_row(meta, "title", log.title)
     if record is not None:
-        meta.add_row("status", record.status)
-        meta.add_row("directory", str(record.dir))
+        _add_row(meta, "status", record.status)
+        _add_row(meta, "directory", str(record.dir))
         env = record.env
         pkgs = env.get("packages", {})
-        meta.add_row("started", str(env.get("start_time", "")))
-        meta.add_row("host", f"{env.get('hostname', '')} (python {env.get('python', '')})")
-        meta.add_row("versions", ", ".join(f"{k} {v}" for k, v in pkgs.items() if v))
+        _add_row(meta, "started", str(env.get("start_time", "")))
+        _add_row(meta, "host", f"{env.get('hostname', '')} (python {env.get('python', '')})")
+        _add_row(meta, "versions", ", ".join(f"{k} {v}" for k, v in pkgs.items() if v))
         devices = (env.get("jax") or {}).get("devices")
         if devices:
-            meta.add_row("devices", ", ".join(devices))
+            _add_row(meta, "devices", ", ".join(devices))
         if env.get("git"):
             g = env["git"]
-            meta.add_row("git", f"{g['commit'][:12]}{' (dirty)' if g.get('dirty') else ''}")
+            _add_row(meta, "git", f"{g['commit'][:12]}{' (dirty)' if g.get('dirty') else ''}")
         if record.end and record.end.get("error"):
             err = record.end["error"]
-            meta.add_row("error", f"{err['type']}: {err['message']}")
+            _add_row(meta, "error", f"{err['type']}: {err['message']}")
         for problem in record.warnings:
-            meta.add_row("note", problem)
+            _add_row(meta, "note", problem)
     return meta
 
 
@@ -110,7 +112,7 @@ def _config(config: dict[str, Any]) -> Any:
     table.add_column(style="bold")
     table.add_column()
     for key, value in flatten_mapping(config, sep=".").items():
-        table.add_row(key, json.dumps(value, ensure_ascii=False))
+        _add_row(table, key, json.dumps(value, ensure_ascii=False))
     return table
 
 
@@ -133,14 +135,15 @@ def _show_metrics(console: Any, log: TrainLog, show_all: bool) -> None:
         table.add_column(col, justify="right", no_wrap=True)
     for s in shown:
         best = "" if s.best is None else f"{format_value(s.best)} ({s.direction})"
-        table.add_row(
+        _add_row(
+            table,
             s.name,
             format_value(s.last),
             str(s.last_step),
             best,
             "" if s.best_step is None else str(s.best_step),
             str(s.count),
-            f"[red]{s.nonfinite}[/]" if s.nonfinite else "",
+            _text(s.nonfinite, "red") if s.nonfinite else "",
         )
     console.print(table)
     if len(shown) < len(summaries):
@@ -200,5 +203,17 @@ def _show_layers(console: Any, log: TrainLog) -> None:
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
     for layer, row in table_data.items():
-        table.add_row(layer, *(format_value(row[c]) if c in row else "" for c in columns))
+        _add_row(table, layer, *(format_value(row[c]) if c in row else "" for c in columns))
     console.print(table)
+
+
+def _text(value: Any, style: str = "") -> Any:
+    """``value`` as a rich `Text`: printed as it is (no markup), control characters written out."""
+    from rich.text import Text
+
+    return Text(printable(value), style=style)
+
+
+def _add_row(table: Any, *cells: Any) -> None:
+    """Add a row of plain-text cells (strings are never read as rich markup)."""
+    table.add_row(*(cell if not isinstance(cell, str) else _text(cell) for cell in cells))

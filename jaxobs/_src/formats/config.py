@@ -11,6 +11,7 @@ import itertools
 import os
 import pathlib
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -117,6 +118,7 @@ def to_config(value: Any, path: str = "config") -> Any:
     - Tuples and lists become lists; sets and frozensets become sorted lists.
     - ``pathlib`` paths become strings; dates and datetimes their ISO format; NumPy dtypes
       and jax dtypes their name.
+    - A ``jax.Device`` becomes its string (``TFRT_CPU_0``), as W&B stores it.
     - Enums become their value when it is a JSON scalar, else their name.
     - Anything else (functions, modules, arbitrary objects) raises `ConfigError` naming the key.
     - A value under a key that looks like a secret (``api_key``, ``token``, ``password``,
@@ -179,6 +181,9 @@ def to_config(value: Any, path: str = "config") -> Any:
     dtype_name = _dtype_name(value)
     if dtype_name is not None:
         return dtype_name
+    jax = sys.modules.get("jax")  # never imported here: a Device exists only once jax is
+    if jax is not None and isinstance(value, jax.Device):
+        return str(value)
     hint = "pass its name as a string" if callable(value) else "convert it to str, int or float"
     raise ConfigError(
         f"{path}: cannot store a value of type {type(value).__module__}.{type(value).__qualname__} "

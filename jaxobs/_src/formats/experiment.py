@@ -117,7 +117,7 @@ class MetricHistory(JsonEq):
     @property
     def next_step(self) -> int:
         """One past the largest step logged so far (0 for an empty history)."""
-        return max((c.next_step for c in self.curves.values()), default=0)
+        return max((max(c.steps) + 1 for c in self.curves.values() if c.steps), default=0)
 
     def add_metric(self, name: str, color: str = "") -> Curve:
         """Add a metric (no-op if present) and return its curve."""

@@ -49,25 +49,40 @@ class Terminated(SystemExit):
 
 
 class ActiveRun:
-    """The run started last by `jaxobs.init` that has not finished. Thread-safe."""
+    """The run started last by `jaxobs.init` that has not finished. Thread-safe.
+
+    The unfinished runs are kept in the order they started, so that when the last one
+    finishes the one started before it is active again. The run started last is held
+    strongly (``jaxobs.log`` reaches it without a reference of the caller's); the others
+    weakly, so a run dropped without finishing can still be collected.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._run: Run | None = None
+        self._last: Run | None = None
+        self._started: list[weakref.ref[Run]] = []
 
     def get(self) -> Run | None:
         with self._lock:
-            return self._run
+            if self._last is not None:
+                return self._last
+            for ref in reversed(self._started):
+                run = ref()
+                if run is not None:
+                    return run
+            return None
 
     def set(self, run: Run) -> None:
         with self._lock:
-            self._run = run
+            self._started.append(weakref.ref(run))
+            self._last = run
 
     def clear(self, run: Run) -> None:
-        """Forget ``run`` if it is still the active one (a run started since stays active)."""
+        """Forget ``run``: the latest unfinished run started before it is active again."""
         with self._lock:
-            if self._run is run:
-                self._run = None
+            self._started = [ref for ref in self._started if ref() not in (None, run)]
+            if self._last is run:
+                self._last = None
 
 
 ACTIVE = ActiveRun()

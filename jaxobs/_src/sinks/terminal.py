@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from jaxobs._src.analysis.text import format_value
+from jaxobs._src.analysis.text import format_value, printable
 from jaxobs._src.formats.events import Event
 
 if TYPE_CHECKING:  # rich is imported where used: `import jaxobs` stays light
@@ -107,8 +107,8 @@ class TerminalSink:
             self.total_steps = event.data.get("settings", {}).get("total_steps")
         if self.live:
             self.console.print(
-                f"[bold]jaxobs[/] run [cyan]{run.get('project')}/"
-                f"{run.get('run_id')}[/] -> {event.data['settings']['dir']}"
+                f"[bold]jaxobs[/] run [cyan]{_escape(run.get('project'))}/"
+                f"{_escape(run.get('run_id'))}[/] -> {_escape(event.data['settings']['dir'])}"
             )
 
     def handle_train_start(self, event: Event) -> None:
@@ -138,13 +138,15 @@ class TerminalSink:
             preferred = [k for k in self.latest if k.startswith(("train/", "val/"))]
             preferred.sort(key=lambda k: (not k.endswith("loss"), not k.startswith("train/")))
             keys = (preferred or list(self.latest))[: self.max_keys]
-        return "  ".join(f"{k}={format_value(self.latest[k])}" for k in keys if k in self.latest)
+        return "  ".join(
+            f"{printable(k)}={format_value(self.latest[k])}" for k in keys if k in self.latest
+        )
 
     def handle_epoch_end(self, event: Event) -> None:
         if not self.live:
             return
         metrics = "  ".join(f"{k}={format_value(float(v))}" for k, v in event.metrics.items())
-        self._print(f"epoch {event.epoch} (step {event.step}): {metrics}")
+        self._print(_escape(f"epoch {event.epoch} (step {event.step}): {metrics}"))
 
     def handle_health_check(self, event: Event) -> None:
         severity = str(event.severity or "info").lower()
@@ -153,7 +155,7 @@ class TerminalSink:
             style = _SEVERITY_STYLE.get(severity, "")
             self._print(f"[{style}]{_escape(text)}[/]" if style else _escape(text))
         elif severity in ("warning", "danger", "critical"):
-            print(f"jaxobs: {text}", file=self.console.file, flush=True)
+            print(f"jaxobs: {printable(text)}", file=self.console.file, flush=True)
 
     def handle_crash_dump(self, event: Event) -> None:
         plot = event.data.get("plot")
@@ -161,7 +163,7 @@ class TerminalSink:
         if self.live:
             self._print(f"[red]{_escape(text)}[/]")
         else:
-            print(f"jaxobs: {text}", file=self.console.file, flush=True)
+            print(f"jaxobs: {printable(text)}", file=self.console.file, flush=True)
 
     def _print(self, text: str) -> None:
         self.console.print(text)  # above the live display while one is shown
@@ -171,7 +173,9 @@ class TerminalSink:
         if self.live:
             status = event.data.get("status")
             style = "green" if status == "finished" else "red"
-            self.console.print(f"[bold]jaxobs[/] run [{style}]{status}[/] at step {event.step}")
+            self.console.print(
+                f"[bold]jaxobs[/] run [{style}]{_escape(status)}[/] at step {event.step}"
+            )
 
     def close(self) -> None:
         if self._bar is not None:
@@ -200,7 +204,8 @@ class _MetricsLine:
         return Text(self.render(), no_wrap=True, overflow="ellipsis", style="dim")
 
 
-def _escape(text: str) -> str:
+def _escape(text: Any) -> str:
+    """``text`` for rich markup: printed as it is, control characters written out."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(printable(text))
