@@ -10,6 +10,7 @@ import sys
 import warnings
 from typing import Any
 
+from jaxobs._src.formats.errors import TrainLogError
 from jaxobs._src.formats.trainlog import TrainLog
 
 __all__ = ["add_parser", "run", "to_csv"]
@@ -34,6 +35,14 @@ def run(args: argparse.Namespace) -> None:
     for w in caught:
         print(f"jaxobs: warning: {w.message}", file=sys.stderr)
     text = log.dumps() if args.format == "json" else to_csv(log)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start : e.end].encode("unicode_escape").decode()
+        raise TrainLogError(
+            f"{args.run}: holds the string '{bad}', a lone surrogate that UTF-8 cannot hold, "
+            "so it cannot be exported; fix the metric name or value that holds it"
+        ) from None
     if args.output:
         pathlib.Path(args.output).write_text(text, encoding="utf-8")
     else:

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from jaxobs._src.analysis.text import printable
 from jaxobs.cli import crash, export, show, sync
 
 __all__ = ["EXIT_USAGE", "main"]
@@ -58,30 +59,28 @@ def main(argv: Sequence[str] | None = None) -> int:
       argv: The arguments, without the program name (default: `sys.argv[1:]`).
 
     Returns:
-      The exit status: 0, or 2 for bad input (after one `jaxobs: error: ...` line).
+      The exit status: 0, or 2 for bad input (after one `jaxobs: error: ...` line): a file
+      jaxobs cannot read (its readers raise only jaxobs' errors, which are ValueErrors), a
+      path that does not exist or cannot be opened (OSError), a missing optional package.
     """
     args = _parser().parse_args(argv)
-    from jaxobs._src.formats.errors import RunDirError
-
-    target = args.dump if args.command == "crash" else args.run
     try:
         args.handler(args)
-    except (
-        RunDirError,
-        ValueError,
-        FileNotFoundError,
-        IsADirectoryError,
-        PermissionError,
-        ImportError,  # an optional dependency: matplotlib, wandb, tensorboardX
-    ) as e:
-        print(f"jaxobs: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except RecursionError:
-        print(
-            f"jaxobs: error: {target}: JSON nested too deeply to be a jaxobs file",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     except BrokenPipeError:  # `jaxobs export ... | head`
         return 0
+    except (
+        ValueError,  # jaxobs' errors (TrainLogError, RunDirError, ...); UnicodeDecodeError
+        OSError,  # no such file, a directory, permission denied
+        ImportError,  # an optional dependency: matplotlib, wandb, tensorboardX
+    ) as e:
+        print(f"jaxobs: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line: line breaks and control characters written out, and
+    characters that cannot be printed (lone surrogates) escaped."""
+    text = str(error) or type(error).__name__
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return printable(text).encode("utf-8", "backslashreplace").decode("utf-8")

@@ -87,19 +87,21 @@ def _meta(log: TrainLog, record: Any) -> Any:
         _add_row(meta, "status", record.status)
         _add_row(meta, "directory", str(record.dir))
         env = record.env
-        pkgs = env.get("packages", {})
         _add_row(meta, "started", str(env.get("start_time", "")))
         _add_row(meta, "host", f"{env.get('hostname', '')} (python {env.get('python', '')})")
+        pkgs = _mapping(env.get("packages"))
         _add_row(meta, "versions", ", ".join(f"{k} {v}" for k, v in pkgs.items() if v))
-        devices = (env.get("jax") or {}).get("devices")
+        devices = _mapping(env.get("jax")).get("devices")
         if devices:
-            _add_row(meta, "devices", ", ".join(devices))
-        if env.get("git"):
-            g = env["git"]
-            _add_row(meta, "git", f"{g['commit'][:12]}{' (dirty)' if g.get('dirty') else ''}")
-        if record.end and record.end.get("error"):
-            err = record.end["error"]
-            _add_row(meta, "error", f"{err['type']}: {err['message']}")
+            items = devices if isinstance(devices, list) else [devices]
+            _add_row(meta, "devices", ", ".join(map(str, items)))
+        git = _mapping(env.get("git"))
+        if git:
+            dirty = " (dirty)" if git.get("dirty") else ""
+            _add_row(meta, "git", f"{str(git.get('commit', '?'))[:12]}{dirty}")
+        err = _mapping(record.end.get("error")) if record.end else {}
+        if err:
+            _add_row(meta, "error", f"{err.get('type', '?')}: {err.get('message', '')}")
         for problem in record.warnings:
             _add_row(meta, "note", problem)
     return meta
@@ -207,11 +209,19 @@ def _show_layers(console: Any, log: TrainLog) -> None:
     console.print(table)
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` when it is an object (a run's environment is shown as far as it has the
+    expected form), else {}."""
+    return value if isinstance(value, dict) else {}
+
+
 def _text(value: Any, style: str = "") -> Any:
-    """``value`` as a rich `Text`: printed as it is (no markup), control characters written out."""
+    """``value`` as a rich `Text`: printed as it is (no markup), control characters and
+    lone surrogates (which no terminal can show) written out."""
     from rich.text import Text
 
-    return Text(printable(value), style=style)
+    text = printable(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return Text(text, style=style)
 
 
 def _add_row(table: Any, *cells: Any) -> None:

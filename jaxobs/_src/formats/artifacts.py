@@ -183,6 +183,9 @@ class ConfusionMatrix(JsonEq):
         r.seen.update({"schema_version", "format"})
         labels = r.strs("labels")
         matrix = r.get("matrix", list, REQUIRED, "a list of rows")
+        for i, row in enumerate(matrix):
+            if not isinstance(row, list):
+                raise r.fail(f"matrix[{i}]", "a row (a list of counts)", row)
         try:
             return cls(labels, matrix, extra=r.rest())
         except (TypeError, ValueError) as e:

@@ -8,7 +8,8 @@ import json
 import math
 import os
 import pathlib
-import threading
+import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,8 +79,96 @@ def kind_of(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=repr)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=repr)
+    except (ValueError, RecursionError):  # an int beyond the int-string limit; a cycle
+        return "..."
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# Deeper than this, a JSON value is refused when read: no jaxobs file nests more than a few
+# levels (a config perhaps ten), and every reader may walk the data recursively.
+MAX_DEPTH = 100
+
+# Python refuses to turn a longer run of digits into an int (sys.get_int_max_str_digits).
+_LONG_INT = re.compile(r"-?[0-9]{4301,}")
+
+
+def parse_json(
+    text: str, source: str, expected: str, error: type[Exception], *, line: int | None = None
+) -> Any:
+    """``text`` parsed as JSON, nested at most `MAX_DEPTH` deep.
+
+    Args:
+      text: The JSON text.
+      source: The file it comes from, first in every message (``path:line:column``).
+      expected: What it should have been, for the messages.
+      error: The exception class raised.
+      line: The line of the file ``text`` is (for one line of a JSON-lines file); None when
+        ``text`` is the whole file.
+
+    Raises:
+      error: Not valid JSON, an integer of more than 4,300 digits, or nested too deeply.
+    """
+    where = source if line is None else f"{source}:{line}"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if line is None:
+            raise error(
+                f"{source}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); expected {expected}"
+            ) from None
+        raise error(
+            f"{where}: not valid JSON ({e.msg} at column {e.colno}); expected {expected}"
+        ) from None
+    except RecursionError:
+        raise error(
+            f"{where}: JSON nested too deeply to parse (jaxobs reads at most {MAX_DEPTH} "
+            f"levels); expected {expected}"
+        ) from None
+    except ValueError:  # an integer longer than Python's int-string limit
+        match = _LONG_INT.search(text)
+        index = match.start() if match else 0
+        number = text.count("\n", 0, index) + 1 if line is None else line
+        column = index - (text.rfind("\n", 0, index) + 1) + 1
+        digits = len(match.group().lstrip("-")) if match else "over 4300"
+        raise error(
+            f"{source}:{number}:{column}: an integer of {digits} digits, too long for any "
+            f"field of a jaxobs file; expected {expected}"
+        ) from None
+    path = deeper_than(value, MAX_DEPTH)
+    if path is not None:
+        path = path if len(path) <= 60 else path[:57] + "..."
+        raise error(
+            f"{where}: {path}: JSON nested more than {MAX_DEPTH} levels deep; expected {expected}"
+        )
+    return value
+
+
+_CONTAINERS = (list, dict)
+
+
+def deeper_than(value: Any, limit: int) -> str | None:
+    """The path (``a.b[3]``) of the first container more than ``limit`` levels inside
+    ``value``, or None. Iterative, so any depth is safe."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if depth > limit:
+            return path
+        if isinstance(item, dict):
+            values = item.values()
+            if dict in set(map(type, values)) or list in set(map(type, values)):
+                for key, v in item.items():
+                    if isinstance(v, _CONTAINERS):
+                        stack.append((v, depth + 1, f"{path}.{key}" if path else str(key)))
+        elif isinstance(item, list):
+            kinds = set(map(type, item))
+            if dict in kinds or list in kinds:
+                for i, v in enumerate(item):
+                    if isinstance(v, _CONTAINERS):
+                        stack.append((v, depth + 1, f"{path}[{i}]"))
+    return None
 
 
 def load_json_file(
@@ -101,7 +190,8 @@ def load_json_file(
     Raises:
       FileNotFoundError: There is no such file.
       IsADirectoryError: The path is a directory.
-      error: The file is not UTF-8 text, or not valid JSON (``path:line:column``).
+      error: The file is not UTF-8 text, not valid JSON (``path:line:column``), holds an
+        integer of more than 4,300 digits, or is nested more than `MAX_DEPTH` deep.
     """
     path = pathlib.Path(path)
     try:
@@ -112,22 +202,22 @@ def load_json_file(
         raise IsADirectoryError(f"{path}: is a directory; expected {expected}") from None
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text (byte {e.start}); expected {expected}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise error(
-            f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); expected {expected}"
-        ) from None
+    return parse_json(text, str(path), expected, error)
 
 
 def write_atomic(path: PathLike, data: bytes) -> pathlib.Path:
     """Write ``data`` via a temporary file, fsync and rename, so that a reader never sees
-    half a file and a crash right after leaves either the old or the new file."""
+    half a file and a crash right after leaves either the old or the new file.
+
+    The temporary file (``.<name>.<random>.tmp`` in the target's folder) is always a new
+    file (``O_CREAT | O_EXCL``), so nothing planted in the folder, such as a symlink at a
+    guessable name, is ever written through.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    fd, tmp = _new_file(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -135,6 +225,21 @@ def write_atomic(path: PathLike, data: bytes) -> pathlib.Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _new_file(path: pathlib.Path) -> tuple[int, pathlib.Path]:
+    """A new file next to ``path``, opened for writing, with the mode a plain ``open`` gives
+    (0666 less the umask; `tempfile.mkstemp` would give 0600)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, _EXCLUSIVE | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: could not create a temporary file for {path.name}")
 
 
 def write_text_atomic(path: PathLike, text: str) -> pathlib.Path:

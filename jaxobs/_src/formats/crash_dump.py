@@ -52,6 +52,8 @@ from jaxobs._src.formats.codec import (
 from jaxobs._src.formats.errors import CrashDumpError, CrashDumpVersionError
 from jaxobs._src.formats.fields import (
     CRASH_FORMAT,
+    INT64_MAX,
+    INT64_MIN,
     NULL,
     REQUIRED,
     FieldReader,
@@ -154,7 +156,13 @@ class CrashDump:
 def _fields(data: Any, where: str, source: str) -> FieldReader:
     """The crash dump's field reader: `CrashDumpError`, and null only where a field allows it."""
     return FieldReader(
-        data, where, source, error=CrashDumpError, missing="missing", null_is_missing=False
+        data,
+        where,
+        source,
+        error=CrashDumpError,
+        missing="missing",
+        null_is_missing=False,
+        int64=True,
     )
 
 
@@ -185,6 +193,8 @@ def _read_recorder(
     for i, s in enumerate(raw_steps):
         if not isinstance(s, int) or isinstance(s, bool):
             raise rec.fail(f"steps[{i}]", "an integer step", s)
+        if not INT64_MIN <= s <= INT64_MAX:
+            raise rec.out_of_range(f"steps[{i}]", s)
         if i and s < raw_steps[i - 1]:
             raise rec.problem(
                 f"steps[{i}]", f"steps must be ascending, but {s} follows {raw_steps[i - 1]}"

@@ -22,6 +22,8 @@ __all__ = [
     "CONFUSION_FORMAT",
     "CRASH_FORMAT",
     "EVENTS_FORMAT",
+    "INT64_MAX",
+    "INT64_MIN",
     "MARKER_FORMAT",
     "NULL",
     "REQUIRED",
@@ -55,6 +57,15 @@ _READ_WITH = {
     EVENTS_FORMAT: "this is a run's event log: use `jaxobs show` on its run directory",
 }
 
+# Every integer of a jaxobs file (a step, a count, a timestamp in ns) fits in int64.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _digits(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-4:]} ({len(text)} digits)"
+
+
 REQUIRED = object()  # the default of a field that must be present
 
 NULL = type(None)  # in a field's types: the field may be null
@@ -78,6 +89,9 @@ class FieldReader:
       missing: The words for a missing required field, before ``(expected ...)``.
       null_is_missing: Whether a JSON ``null`` counts as an absent field (so it takes the
         default). When False, null is accepted only where the field's types include `NULL`.
+      int64: Whether every integer field must fit in 64 bits (`INT64_MIN` to `INT64_MAX`):
+        so in the files whose integers become NumPy int64 or that the writer bounds (crash
+        dumps, events.jsonl). A TrainLog's steps are Python ints, of any size.
 
     Raises:
       error: ``data`` is not an object.
@@ -92,7 +106,9 @@ class FieldReader:
         error: type[Exception] = TrainLogError,
         missing: str = "required field is missing",
         null_is_missing: bool = True,
+        int64: bool = False,
     ):
+        self.int64 = int64
         self.where = where.rstrip(".")
         self.source = source
         self.error = error
@@ -130,6 +146,7 @@ class FieldReader:
             error=self.error,
             missing=self.missing,
             null_is_missing=self.null_is_missing,
+            int64=self.int64,
         )
 
     # -- typed access
@@ -147,7 +164,16 @@ class FieldReader:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise self.fail(key, expected, value)
+        if self.int64 and type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+            raise self.out_of_range(key, value)
         return value
+
+    def out_of_range(self, key: str, value: int) -> Exception:
+        """The error for an integer at ``key`` that does not fit in 64 bits."""
+        return self.problem(
+            key, f"the integer {_digits(value)} does not fit in 64 bits (expected an integer "
+            f"from {INT64_MIN} to {INT64_MAX})"
+        )  # fmt: skip
 
     def string(self, key: str, default: Any = "", expected: str = "a string") -> str:
         """A string field (``default`` when absent)."""
@@ -190,6 +216,8 @@ class FieldReader:
         for i, item in enumerate(items):
             if not isinstance(item, int) or isinstance(item, bool):
                 raise self.fail(f"{key}[{i}]", "an integer", item)
+            if self.int64 and not INT64_MIN <= item <= INT64_MAX:
+                raise self.out_of_range(f"{key}[{i}]", item)
         return list(items)
 
     def floats(self, key: str) -> list[float]:

@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import warnings
 from typing import Any
 
-from jaxobs._src.formats.codec import decode_float
-from jaxobs._src.formats.errors import RunDirError, RunDirWarning, SchemaVersionError, TrainLogError
+from jaxobs._src.formats.codec import decode_float, kind_of, parse_json
+from jaxobs._src.formats.errors import RunDirError, RunDirWarning, TrainLogError
 from jaxobs._src.formats.events import RECORD_FIELDS, Event, Level
 from jaxobs._src.formats.experiment import Artifact, ExperimentLog, RunInfo
-from jaxobs._src.formats.fields import check_version
+from jaxobs._src.formats.fields import (
+    EVENTS_FORMAT,
+    REQUIRED,
+    FieldReader,
+    check_format,
+    check_version,
+    subscript,
+)
 from jaxobs._src.formats.trainlog import SCHEMA_VERSION, TrainLog
 
 EVENTS_FILE = "events.jsonl"
 
 
 TRAINLOG_FILE = "trainlog.json"
-
-
-EVENTS_FORMAT = "jaxobs.events"
 
 
 @dataclasses.dataclass
@@ -98,10 +101,8 @@ def read_run(directory: str | os.PathLike, *, warn: bool = True) -> RunRecord:
     records: list[dict[str, Any]] = []
     for number, line in enumerate(lines, start=1):
         try:
-            record = json.loads(line.decode("utf-8"))
-            if not isinstance(record, dict) or not isinstance(record.get("event"), str):
-                raise ValueError("not an event object")
-        except (ValueError, UnicodeDecodeError) as e:
+            records.append(_parse_line(line, path, number))
+        except RunDirError:
             if number == len(lines) and not raw.endswith(b"\n"):
                 torn = True
                 problems.append(
@@ -109,63 +110,105 @@ def read_run(directory: str | os.PathLike, *, warn: bool = True) -> RunRecord:
                     f"killed while writing it); ignored, {len(records)} records kept"
                 )
                 break
-            raise RunDirError(
-                f"{path}:{number}: corrupt record ({e}); expected one JSON object "
-                "per line with an 'event' field"
-            ) from None
-        records.append(record)
+            raise
     if not records or records[0]["event"] != "run_start":
         raise RunDirError(f"{path}:1: expected a run_start record first")
-    start = records[0]
+    start = _fields(records[0], path, 1)
+    check_version(start.data, str(path), "run", current=SCHEMA_VERSION, error=RunDirError)
+    check_format(
+        start.data, f"{path}:1", EVENTS_FORMAT, what="a jaxobs event log",
+        default=EVENTS_FORMAT, error=RunDirError,
+    )  # fmt: skip
     try:
-        check_version(start, str(path), "run", current=SCHEMA_VERSION)
-        info = RunInfo.from_json(start.get("run", {}), "run", f"{path}:1")
-    except SchemaVersionError:
-        raise
+        info = RunInfo.from_json(start.get("run", dict, dict, "an object"), "run", f"{path}:1")
     except (TrainLogError, TypeError, ValueError) as e:
         raise RunDirError(f"{path}:1: bad run_start record: {e}") from None
+    env = start.get("env", dict, dict, "an object (the environment)")
+    settings = start.get("settings", dict, dict, "an object (the run's settings)")
     exp = ExperimentLog(run=info)
     curves: dict[str, Any] = {}
     end = None
+    status = "incomplete"
     for number, rec in enumerate(records[1:], start=2):
+        r = _fields(rec, path, number)
         kind = rec["event"]
-        try:
-            if kind == "metrics":  # validated when written: append without re-checking
-                step = rec["step"]
-                for key, value in rec["values"].items():
-                    curve = curves.get(key) or exp.history.add_metric(key)
-                    curves[key] = curve
-                    curve.steps.append(step)
-                    curve.values.append(value if type(value) is float else decode_float(value, key))
-            elif kind == "artifact":
-                exp.add_artifact(
-                    Artifact.from_json(rec["artifact"], "artifact", f"{path}:{number}")
+        if kind == "metrics":
+            step = r.integer("step", REQUIRED, "an integer step")
+            values = r.child("values", REQUIRED, "an object of metric values")
+            assert values is not None
+            for key, value in values.data.items():
+                curve = curves.get(key)
+                if curve is None:
+                    curve = curves[key] = exp.history.add_metric(key)
+                curve.steps.append(step)
+                if type(value) is not float:
+                    value = values.decode_number(value, subscript(key))
+                curve.values.append(value)
+        elif kind == "artifact":
+            artifact = r.get("artifact", dict, REQUIRED, "an artifact object")
+            try:
+                exp.add_artifact(Artifact.from_json(artifact, "artifact", f"{path}:{number}"))
+            except TrainLogError as e:
+                raise RunDirError(str(e)) from None
+        elif kind == "note":
+            exp.notes.append(r.string("text", REQUIRED, "the note's text (a string)"))
+        elif kind == "config_update":
+            info.config.update(r.get("config", dict, REQUIRED, "an object"))
+        elif kind == "run_end":
+            end = rec
+            error = r.child("error", None, "an object or null", nullable=True)
+            if error is not None:
+                error.string("type", "", "the exception's type name (a string)")
+                error.string("message", "", "a string")
+            status = r.string("status", "", "a string (finished, failed, ...)") or "incomplete"
+            if status == "incomplete":
+                problems.append(
+                    f"{path}:{number}: the run_end record has no status; read as incomplete"
                 )
-            elif kind == "note":
-                exp.notes.append(str(rec["text"]))
-            elif kind == "config_update":
-                info.config.update(rec["config"])
-            elif kind == "run_end":
-                end = rec
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise RunDirError(
-                f"{path}:{number}: bad {kind} record ({type(e).__name__}: {e})"
-            ) from None
     if torn and warn:
-        warnings.warn(problems[-1], RunDirWarning, stacklevel=2)
+        warnings.warn(problems[0], RunDirWarning, stacklevel=2)
     if end is None:
         problems.append(f"{path}: no run_end record: the run is still going or was killed")
     return RunRecord(
         dir=directory,
         info=info,
-        env=start.get("env", {}),
-        settings=start.get("settings", {}),
-        status=end["status"] if end else "incomplete",
+        env=env,
+        settings=settings,
+        status=status,
         end=end,
         log=exp,
         events=records,
         warnings=problems,
     )
+
+
+def _fields(record: dict[str, Any], path: pathlib.Path, number: int) -> FieldReader:
+    return FieldReader(record, "", f"{path}:{number}", error=RunDirError, int64=True)
+
+
+def _parse_line(line: bytes, path: pathlib.Path, number: int) -> dict[str, Any]:
+    """One record of events.jsonl, its record fields checked."""
+    expected = "one JSON object per line with an 'event' field"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RunDirError(
+            f"{path}:{number}: corrupt record (not UTF-8 text at byte {e.start}); expected "
+            f"{expected}"
+        ) from None
+    where = f"{path}:{number}: "
+    try:
+        record = parse_json(text, str(path), expected, RunDirError, line=number)
+    except RunDirError as e:
+        raise RunDirError(where + "corrupt record: " + str(e).removeprefix(where)) from None
+    if not isinstance(record, dict):
+        raise RunDirError(f"{where}corrupt record: got {kind_of(record)}; expected {expected}")
+    r = FieldReader(record, "", where[:-2], error=RunDirError, int64=True)
+    r.string("event", REQUIRED, "the event's type (a string)")
+    r.get("step", int, None, "an integer step or null")
+    r.get("timestamp_ns", int, None, "an integer (ns since the epoch)")
+    r.string("level", "BASIC", "a level name (a string)")
+    return record
 
 
 def load_trainlog(path: str | os.PathLike) -> tuple[TrainLog, RunRecord | None]:
@@ -189,7 +232,7 @@ def events_of(record: RunRecord, after_ns: int | None = None) -> list[Event]:
     """
     out = []
     for rec in record.events:
-        timestamp = int(rec.get("timestamp_ns", 0))
+        timestamp = rec.get("timestamp_ns") or 0
         if after_ns is not None and timestamp <= after_ns:
             continue
         data = {k: v for k, v in rec.items() if k not in RECORD_FIELDS}
