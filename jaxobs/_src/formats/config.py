@@ -7,79 +7,30 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
-import itertools
 import os
 import pathlib
-import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-REDACTED = "<redacted>"
-
+from jaxobs._src.formats.redact import (
+    REDACTED,
+    is_secret_key,
+    redact_env,
+    redact_text,
+    redacts_value,
+)
 
 # Arrays in a config are kept as nested lists up to this many elements.
 MAX_CONFIG_ARRAY_SIZE = 1024
 
 
-_SECRET_WORDS = {
-    "passwords",
-    "secrets",
-    "apikeys",
-    "password",
-    "passwd",
-    "pwd",
-    "secret",
-    "token",
-    "apikey",
-    "credential",
-    "credentials",
-    "passphrase",
-}
-
-
-_SECRET_PAIRS = {
-    ("api", "key"),
-    ("private", "key"),
-    ("access", "key"),
-    ("secret", "key"),
-    ("api", "keys"),
-    ("private", "keys"),
-    ("access", "keys"),
-}
-
-
-def _words(key: str) -> list[str]:
-    # "wandbApiKey" -> wandb api key; "HFToken" -> hf token; "max_tokens" -> max tokens.
-    spaced = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", key)
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", spaced)
-    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
-
-
 def looks_secret(key: str) -> bool:
-    """Whether a config or environment key names a secret (api_key, token, password, ...).
-
-    A key is split into words (at ``_``, ``-``, ``.``, and camelCase/acronym boundaries). It is
-    a secret when a word is one of password, passwd, pwd, passphrase, secret, token, apikey,
-    credential(s), or two neighbouring words are api/private/access/secret + key, or the key
-    with its separators removed contains "apikey", "password" or "passwd" (so
-    ``OpenAIAPIKey`` counts). ``HF_TOKEN``, ``wandbApiKey`` and ``db_password`` are secrets;
-    ``max_tokens``, ``tokenizer`` and ``secretary`` are not.
-    """
-    words = _words(key)
-    if any(w in _SECRET_WORDS for w in words):
-        return True
-    if any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words)):
-        return True
-    squashed = "".join(words)
-    return any(part in squashed for part in ("apikey", "password", "passwd"))
-
-
-def redact_env(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``env`` with the values of secret-looking keys replaced by ``<redacted>``."""
-    return {k: (REDACTED if looks_secret(k) and v else v) for k, v in env.items()}
+    """Whether a config or environment key names a secret: `jaxobs._src.formats.redact`'s
+    `is_secret_key` (kept under this name for existing callers)."""
+    return is_secret_key(key)
 
 
 class ConfigError(TypeError):
@@ -121,8 +72,10 @@ def to_config(value: Any, path: str = "config") -> Any:
     - A ``jax.Device`` becomes its string (``TFRT_CPU_0``), as W&B stores it.
     - Enums become their value when it is a JSON scalar, else their name.
     - Anything else (functions, modules, arbitrary objects) raises `ConfigError` naming the key.
-    - A value under a key that looks like a secret (``api_key``, ``token``, ``password``,
-      ``secret``) is replaced by ``"<redacted>"``.
+    - Secrets are replaced by ``"<redacted>"`` (the rules of `jaxobs._src.formats.redact`):
+      a value under a key that names a secret (``api_key``, ``token``, ``password``,
+      ``secret``, ...; `redacts_value`), and in every string, URL credentials, well-known
+      token formats and the value after a secret flag (`redact_text`).
     """
     if isinstance(value, enum.Enum):  # first: str- and int-mixin enums are str/int too
         inner = value.value
@@ -132,7 +85,7 @@ def to_config(value: Any, path: str = "config") -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return str(value)
+        return redact_text(str(value))
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -192,7 +145,7 @@ def to_config(value: Any, path: str = "config") -> Any:
 
 
 def _convert_item(key: str, value: Any, path: str) -> Any:
-    if looks_secret(key) and not (value is None or (isinstance(value, str) and not value)):
+    if redacts_value(key, value, path):
         return REDACTED
     return to_config(value, _join(path, key))
 

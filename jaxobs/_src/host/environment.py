@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from jaxobs._src.formats.config import collect_env
+from jaxobs._src.formats.redact import redact_argv
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jaxobs")
 
@@ -76,14 +77,18 @@ def jax_state() -> dict[str, Any]:
 
 
 def snapshot(include_jax: bool = True) -> dict[str, Any]:
-    """Everything needed to say where and with what a run ran."""
+    """Everything needed to say where and with what a run ran.
+
+    Secrets are redacted (`jaxobs._src.formats.redact`): values after secret flags and URL
+    credentials in ``argv``, secret environment variables and URL credentials in ``env``.
+    """
     return {
         "start_time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
-        "argv": list(sys.argv),
+        "argv": redact_argv(sys.argv),
         "cwd": os.getcwd(),
         "packages": package_versions(),
         "jax": jax_state() if include_jax else None,

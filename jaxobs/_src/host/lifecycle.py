@@ -5,8 +5,11 @@ that the exception leaving the block gives.
   with status 143, so that ``finally`` blocks run and the run ends as ``terminated``. A
   SIGTERM that arrives while the run is finishing waits until it has finished. The previous
   handler is put back when the block ends.
-- A run never finished explicitly is finished at interpreter exit (``failed`` when an
-  uncaught exception ends the script), by the process that started it only.
+- A run never finished explicitly is finished at interpreter exit, by the process that
+  started it only, with the status of what ended the script: ``interrupted`` for an uncaught
+  Ctrl-C (also one that interrupts a slow ``finish``), ``failed`` for another uncaught
+  exception or a ``sys.exit(n)`` with a non-zero or non-integer ``n``, else ``finished``.
+  See `exit_seen` for how an exit code is learnt, and its limits.
 - The *active run* (`active_run`) is the run started last that has not finished; runs may
   start and finish on any thread.
 """
@@ -21,7 +24,9 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from jaxobs._src.formats.redact import redact_text
 
 if TYPE_CHECKING:
     from jaxobs._src.host.run import Run
@@ -33,6 +38,7 @@ __all__ = [
     "Terminated",
     "active_run",
     "error_record",
+    "exit_seen",
     "exit_status",
 ]
 
@@ -112,12 +118,72 @@ def exit_status(exc: BaseException | None) -> str:
 
 def error_record(error: BaseException) -> dict[str, str]:
     """The ``error`` field of ``run_end``: type, message and the traceback's last 4,000
-    characters."""
+    characters, with secrets redacted (`redact_text`: a URL's credentials, token formats)."""
     return {
         "type": type(error).__name__,
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(error))[-4000:],
+        "message": redact_text(str(error)),
+        "traceback": redact_text("".join(traceback.format_exception(error))[-4000:]),
     }
+
+
+# -- exit codes. SystemExit never reaches sys.excepthook and leaves no trace for atexit, so
+# sys.exit is wrapped (once per process, calling the original) to see the exception it raises.
+
+_exit_lock = threading.Lock()
+_exit_seen: list[tuple[SystemExit, Any, Any]] = []  # (exception, wrapper frame, bottom frame)
+_original_exit: Callable[..., NoReturn] | None = None
+
+
+def _bottom_frame(frame: Any) -> Any:
+    while frame.f_back is not None:
+        frame = frame.f_back
+    return frame
+
+
+def _exit(status: object = None, /) -> NoReturn:
+    """`sys.exit`, noting the `SystemExit` it raises on the main thread (see `exit_seen`)."""
+    assert _original_exit is not None
+    if threading.current_thread() is not threading.main_thread():
+        _original_exit(status)
+    here = sys._getframe()
+    try:
+        _original_exit(status)
+    except SystemExit as e:
+        _exit_seen[:] = [(e, here, _bottom_frame(here))]
+        raise
+
+
+def install_exit_hook() -> None:
+    """Wrap `sys.exit` (once per process) so that `exit_seen` can report its exit code."""
+    global _original_exit
+    with _exit_lock:
+        if _original_exit is None:
+            _original_exit = sys.exit
+            sys.exit = _exit
+
+
+def exit_seen() -> SystemExit | None:
+    """The `SystemExit` of the last ``sys.exit(...)`` called on the main thread, when nothing
+    caught it on its way out (best effort), else None.
+
+    ``sys.exit`` is wrapped by the first run that registers for interpreter exit (the wrapper
+    calls the original, so other wrappers and the exit code are unaffected). A ``sys.exit``
+    whose `SystemExit` is caught inside a function counts as caught: its traceback then begins
+    at the catching frame, not at the wrapper or the bottom of the stack.
+
+    Limits: ``raise SystemExit(n)``, the ``exit()``/``quit()`` builtins, and an ``exit`` bound
+    before the first run started (``from sys import exit``) are not seen, so the run is
+    ``finished``; a `SystemExit` caught at the top level of the script itself (not inside a
+    function) and followed by a normal end still counts; before Python 3.12 a `SystemExit`
+    caught and re-raised inside a function counts as caught.
+    """
+    if not _exit_seen:
+        return None
+    exc, wrapper, bottom = _exit_seen[0]
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame is not wrapper and tb.tb_frame is not bottom:
+        return None  # caught on its way up (by the frame the traceback now begins at)
+    return exc
 
 
 _NOT_INSTALLED = object()
@@ -142,6 +208,7 @@ class Lifecycle:
 
     def register_exit(self) -> None:
         """Finish the run at interpreter exit unless it has finished by then."""
+        install_exit_hook()
         atexit.register(self.finish_at_exit)
 
     def unregister_exit(self) -> None:
@@ -149,16 +216,21 @@ class Lifecycle:
         atexit.unregister(self.finish_at_exit)
 
     def finish_at_exit(self) -> None:
-        """What runs at interpreter exit: finish the run, with the script's uncaught error."""
+        """What runs at interpreter exit: finish the run with the status of what ended the
+        script (`exit_status` of the uncaught exception or of `exit_seen`)."""
         if os.getpid() != self._pid:  # a forked child must not end its parent's run
             return
         finish = self._finish()
         if finish is None:
             return
-        # An uncaught exception in a script leaves sys.last_value; in an interactive session it
-        # may be an older, unrelated error.
+        # An uncaught exception in a script (Ctrl-C included) leaves sys.last_value, set
+        # before sys.excepthook runs; in an interactive session it may be an older, unrelated
+        # error. A SystemExit leaves nothing there: exit_seen knows sys.exit's.
         error = None if hasattr(sys, "ps1") else getattr(sys, "last_value", None)
-        finish("failed" if error is not None else "finished", error)
+        if error is None and not hasattr(sys, "ps1"):
+            error = exit_seen()
+        status = exit_status(error)
+        finish(status, error if status != "finished" else None)
 
     # -- the with block
 
