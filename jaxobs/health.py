@@ -9,12 +9,12 @@ Two halves, on either side of the transport:
   exists); or a spike (a one-sided robust z-score of log loss or log gradient norm against
   a window of accepted, finite steps: ``(x - median) / (1.4826 * MAD)``). A bad step never
   enters the window, so one NaN cannot poison the baseline. With ``action="skip"`` the step
-  leaves parameters and optimizer state unchanged (`jax.lax.cond`).
+  leaves parameters and optimizer state unchanged (`jax.lax.cond`) and training goes on.
 - **The rules** (`HealthChecker.check`): host-side, on each step's record as it arrives
   (one step late; the device never waits), one object per rule (`InitLoss`,
-  `GuardVerdicts`, `LayerGradients`, `UpdateRatio`, `Saturation`, `DeadUnits`,
-  `Stagnation`, `Overfitting`; `default_rules` builds them), run in order. They turn the
-  guard's verdicts into `Alert`\ s and add the per-layer rules (exploding/vanishing
+  `GuardVerdicts`, `LayerGradients`, `LossSpike`, `UpdateRatio`, `Saturation`,
+  `DeadUnits`, `Stagnation`, `Overfitting`; `default_rules` builds them), run in order.
+  They turn the guard's verdicts into `Alert`\ s and add the per-layer rules (exploding/vanishing
   gradients, dead units, saturation, update/parameter ratio) and the validation rules
   (stagnation, overfitting). `GuardConfig` is what the guard sees of a checker.
 
@@ -33,6 +33,7 @@ from jaxobs._src.host.rules import (
     GuardVerdicts,
     InitLoss,
     LayerGradients,
+    LossSpike,
     Overfitting,
     Rule,
     Saturation,
@@ -54,6 +55,7 @@ __all__ = [
     "HealthChecker",
     "InitLoss",
     "LayerGradients",
+    "LossSpike",
     "Overfitting",
     "RollbackRequest",
     "Rule",

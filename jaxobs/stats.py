@@ -39,6 +39,7 @@ from jaxobs._src.device.stats import (
     flatten_stats,
     global_norm,
     leaf_stats,
+    saturation_bound,
     tree_stats,
     update_ratio,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "histogram_record",
     "leaf_stats",
     "path_str",
+    "saturation_bound",
     "tree_histograms",
     "tree_stats",
     "update_ratio",

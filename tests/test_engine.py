@@ -100,6 +100,7 @@ def _np_act_stats(a: np.ndarray) -> dict[str, float]:
         "max_abs": np.max(np.abs(a)),
         "zero_frac": np.mean(a == 0),
         "dead_frac": np.mean(np.all(units <= 0, axis=0)),
+        "nonfinite": float(np.sum(~np.isfinite(a))),
     }
 
 

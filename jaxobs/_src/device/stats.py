@@ -27,6 +27,7 @@ __all__ = [
     "flatten_stats",
     "global_norm",
     "leaf_stats",
+    "saturation_bound",
     "tree_stats",
     "update_ratio",
     "update_ratio_from_norms",
@@ -39,7 +40,20 @@ PER = ("leaf", "layer", "global")
 STATS = ("norm", "rms", "mean", "std", "min", "max", "max_abs", "zero_frac", "nonfinite")
 
 
-ACT_STATS = ("mean", "std", "max_abs", "zero_frac", "dead_frac", "saturation_frac")
+ACT_STATS = (
+    "mean",
+    "std",
+    "max_abs",
+    "zero_frac",
+    "dead_frac",
+    "saturation_frac",
+    "min",
+    "max",
+    "nonfinite",
+)
+
+# The nonlinearities whose saturation `activation_stats` and `saturation_bound` know.
+SATURATING = ("tanh", "sigmoid")
 
 
 def check_stats(stats: Iterable[str], known: Sequence[str] = STATS) -> tuple[str, ...]:
@@ -189,12 +203,40 @@ def update_ratio_from_norms(
     return {f"{head}{layer}/update_ratio": u[layer] / (p[layer] + eps) for layer in u}
 
 
+def saturation_bound(kind: str, threshold: float) -> float:
+    """The ``|z|`` above which ``kind(z)`` is saturated at ``threshold``: for ``"tanh"``,
+    ``|tanh(z)| > threshold`` exactly when ``|z| > atanh(threshold)``; for ``"sigmoid"``,
+    ``sigmoid(z) > threshold`` or ``< 1 - threshold`` exactly when
+    ``|z| > log(threshold / (1 - threshold))``.
+
+    Args:
+      kind: ``"tanh"`` or ``"sigmoid"``.
+      threshold: In (0.5, 1): how close to its bounds the output must be.
+
+    Raises:
+      ValueError: An unknown ``kind``, or a ``threshold`` outside (0.5, 1).
+
+    Example:
+      >>> round(saturation_bound("tanh", 0.97), 4)
+      2.0923
+    """
+    if kind not in SATURATING:
+        raise ValueError(f"saturation must be one of {SATURATING}, got {kind!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"saturation threshold must be a number in (0.5, 1), got {threshold!r}")
+    if not 0.5 < threshold < 1:
+        raise ValueError(f"saturation threshold must be in (0.5, 1), got {threshold!r}")
+    if kind == "tanh":
+        return math.atanh(threshold)
+    return math.log(threshold / (1.0 - threshold))
+
+
 def activation_stats(
     x: jax.Array,
     stats: Iterable[str] = ACT_STATS,
     *,
     unit_axis: int = -1,
-    saturation: str | None = None,
+    saturation: str | float | None = None,
 ) -> dict[str, jax.Array]:
     """Statistics of one activation: moments plus per-unit dead and saturation fractions.
 
@@ -204,14 +246,21 @@ def activation_stats(
     everywhere, and for a layer's pre-activation output (what flax's ``Dense`` and ``Conv``
     return, before the ReLU applied outside them) it means a ReLU after it would be dead.
 
+    Like `leaf_stats`, ``mean``, ``std``, ``min``, ``max`` and ``max_abs`` describe the
+    finite elements, and ``nonfinite`` counts the others: a NaN inside an activation shows
+    there, not as a silently smaller mean.
+
     Args:
       x: The activation.
-      stats: From `ACT_STATS`: ``mean``, ``std``, ``max_abs``, ``zero_frac`` (fraction of zero
+      stats: From `ACT_STATS`: ``mean``, ``std``, ``min``, ``max``, ``max_abs``,
+        ``zero_frac`` (fraction of zero elements), ``nonfinite`` (number of NaN or infinite
         elements), ``dead_frac`` (fraction of units dead for this batch, as above),
         ``saturation_frac`` (fraction of elements saturated; needs ``saturation``).
       unit_axis: The axis of units.
-      saturation: ``"tanh"`` (``|x| > 0.99``) or ``"sigmoid"`` (``x < 0.01`` or
-        ``x > 0.99``) to compute ``saturation_frac``; None skips it.
+      saturation: What saturated means, to compute ``saturation_frac``: ``"tanh"``
+        (``x`` is a tanh's output: ``|x| > 0.99``), ``"sigmoid"`` (a sigmoid's output:
+        ``x < 0.01`` or ``x > 0.99``), or a number ``c`` (``x`` is the input of the
+        nonlinearity, a pre-activation: ``|x| > c``; see `saturation_bound`). None skips it.
     """
     stats = check_stats(stats, ACT_STATS)
     x = jnp.asarray(x)
@@ -227,8 +276,12 @@ def activation_stats(
             sat = jnp.abs(x32) > 0.99
         elif saturation == "sigmoid":
             sat = (x32 < 0.01) | (x32 > 0.99)
+        elif isinstance(saturation, (int, float)) and not isinstance(saturation, bool):
+            sat = jnp.abs(x32) > jnp.float32(saturation)
         else:
-            raise ValueError(f"saturation must be 'tanh' or 'sigmoid', got {saturation!r}")
+            raise ValueError(
+                f"saturation must be 'tanh', 'sigmoid' or a bound on |x|, got {saturation!r}"
+            )
         out["saturation_frac"] = jnp.mean(sat.astype(jnp.float32))
     return {s: out[s] for s in stats if s in out}
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
+    "ABOVE_ONE",
+    "LOSS_SPIKE_SETTINGS",
     "NON_NEGATIVE",
     "NON_NEGATIVE_INT",
     "PERCENTAGE",
@@ -50,11 +52,20 @@ POSITIVE_NUMBER = Requirement("must be a positive number", lambda v: is_number(v
 NON_NEGATIVE_INT = Requirement("must be an integer >= 0", lambda v: is_integer(v) and v >= 0)
 NON_NEGATIVE = Requirement("must be a number >= 0", lambda v: is_number(v) and v >= 0)
 PERCENTAGE = Requirement("a percentage in [0, 100]", lambda v: is_number(v) and 0 <= v <= 100)
+ABOVE_ONE = Requirement("must be a number > 1", lambda v: is_number(v) and v > 1)
 
 
 def optional(requirement: Requirement) -> Requirement:
     """``requirement``, or None (the setting is off)."""
     return Requirement(f"{requirement.what}, or None", lambda v: v is None or requirement.test(v))
+
+
+# Seed 001's loss trigger (``HealthChecker(spike_factor=, spike_window=)``, and the rule
+# `LossSpike(factor=, window=)` on its own): the names are the rule's.
+LOSS_SPIKE_SETTINGS: dict[str, Requirement] = {
+    "factor": optional(ABOVE_ONE),
+    "window": POSITIVE_INT,
+}
 
 
 def check_settings(owner: str, settings: Any, table: Mapping[str, Requirement]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -15,6 +15,19 @@ from jaxobs._src.engine.collect import current_collector
 _DIFF_TRACERS = ("JVPTracer", "LinearizeTracer")
 
 
+def _act_stats(
+    stats: Sequence[str], saturation: float | Mapping[str, float] | None, path: str
+) -> tuple[tuple[str, ...], float | None]:
+    """The statistics of the layer at ``path`` and its saturation bound (None: no
+    ``saturation_frac``, which is then left out)."""
+    bound = saturation if isinstance(saturation, float) or saturation is None else None
+    if isinstance(saturation, Mapping):
+        bound = saturation.get(path)
+    if bound is None:
+        return tuple(s for s in stats if s != "saturation_frac"), None
+    return tuple(stats), bound
+
+
 def probe(x: Any, path: str) -> Any:
     """Record activation statistics of ``x`` under ``acts/<path>/`` and return ``x`` unchanged.
 
@@ -22,6 +35,9 @@ def probe(x: Any, path: str) -> Any:
     statistics are computed in the forward rule of an identity ``custom_vjp``, where the
     values are those of the enclosing jit, so they can leave the gradient transformation as
     extra outputs. The full activation never leaves the device.
+
+    The statistics are the collector's ``act_stats``; ``saturation_frac`` is computed only
+    for the layers its ``saturation`` gives a bound (``observe(saturation=...)``).
     """
     collector = current_collector()
     if collector is None or not hasattr(x, "dtype") or not jnp.issubdtype(x.dtype, jnp.floating):
@@ -32,9 +48,11 @@ def probe(x: Any, path: str) -> Any:
     if any(k.startswith(key + "/") for k in collector.values):
         return x
 
+    stats, bound = _act_stats(collector.act_stats, collector.saturation, path)
+
     def record(v):
         def compute():
-            out = activation_stats(v, collector.act_stats)
+            out = activation_stats(v, stats, saturation=bound) if stats else {}
             if collector.track_alive:
                 batch_axes = tuple(range(v.ndim - 1))
                 out["__alive__"] = jnp.any(v > 0, axis=batch_axes)

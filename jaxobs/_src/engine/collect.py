@@ -38,6 +38,8 @@ class Collector:
     hist_bins: int = 0  # histograms of watched trees (0: none) ...
     hist_active: Any = False  # ... at this step (a bool, or traced)
     hists: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+    # the bound on |pre-activation| of saturation_frac: every layer's, {layer: bound}, or off
+    saturation: float | dict[str, float] | None = None
 
     def add(self, key: str, value: Any) -> None:
         self.values.setdefault(key, value)  # the first value of a key wins (e.g. train fwd)

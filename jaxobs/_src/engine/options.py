@@ -9,13 +9,27 @@ from typing import Any
 
 import jax
 
-from jaxobs._src.device.stats import ACT_STATS, PER, STATS, check_stats
+from jaxobs._src.device.stats import (
+    ACT_STATS,
+    PER,
+    SATURATING,
+    STATS,
+    check_stats,
+    saturation_bound,
+)
 from jaxobs._src.device.window import SIGNALS
 from jaxobs._src.engine.levels import LogLevel
 from jaxobs._src.host.checker import HealthChecker
 from jaxobs._src.host.recorder import FlightRecorder
 
-__all__ = ["PER", "WATCH", "ObserveOptions", "flight_recorder", "health_checker"]
+__all__ = [
+    "OBSERVE_ACT_STATS",
+    "PER",
+    "WATCH",
+    "ObserveOptions",
+    "flight_recorder",
+    "health_checker",
+]
 
 WATCH = ("params", "updates", "grads", "metrics", "acts", "taps")
 # What each level computes when stats=, per= are not given: (stats, per).
@@ -28,6 +42,10 @@ LEVEL_STATS = {
     LogLevel.DEBUG: (STATS, "leaf"),
 }
 MAX_HISTOGRAM_BINS = 512  # W&B's limit
+# The activation statistics `observe` records when act_stats= is not given (with
+# saturation_frac added when saturation= is): nonfinite makes a NaN inside a layer visible;
+# min and max are on request.
+OBSERVE_ACT_STATS = ("mean", "std", "max_abs", "zero_frac", "dead_frac", "nonfinite")
 
 
 def health_checker(health: Any) -> HealthChecker | None:
@@ -78,6 +96,53 @@ def _window(window: Any, every: int, checker: HealthChecker | None) -> tuple[str
     return names if every > 1 else ()
 
 
+def _saturation_bounds(saturation: Any, threshold: Any) -> float | dict[str, float] | None:
+    """The bound on ``|pre-activation|`` that ``observe(saturation=...,
+    saturation_threshold=...)`` means: one for every layer, one per named layer, or None
+    (off)."""
+    try:
+        if saturation is None:
+            saturation_bound("tanh", threshold)  # a bad threshold fails even while off
+            return None
+        if isinstance(saturation, str):
+            return saturation_bound(saturation, threshold)
+        if isinstance(saturation, Mapping):
+            if not saturation:
+                raise ValueError(f"name at least one layer, or pass one of {SATURATING}")
+            bad = [k for k in saturation if not isinstance(k, str)]
+            if bad:
+                raise ValueError(f"layer paths are strings, got {bad[0]!r}")
+            return {layer: saturation_bound(kind, threshold) for layer, kind in saturation.items()}
+    except ValueError as e:
+        raise ValueError(
+            f"observe(saturation={saturation!r}, saturation_threshold={threshold!r}): {e}"
+        ) from None
+    raise TypeError(
+        f"observe(saturation={saturation!r}): one of {SATURATING} (the nonlinearity after "
+        "every probed layer), a mapping {layer path: 'tanh' | 'sigmoid'}, or None (off)"
+    )
+
+
+def _act_stats(act_stats: Any, bounds: float | dict[str, float] | None) -> tuple[str, ...]:
+    """``act_stats`` normalised: the names asked for, with ``saturation_frac`` exactly when
+    saturation is on (``bounds``)."""
+    try:
+        names = check_stats(act_stats, ACT_STATS)
+    except ValueError as e:
+        raise ValueError(f"observe(act_stats=...): {e}") from None
+    if bounds is None:
+        if "saturation_frac" in names:
+            raise ValueError(
+                "observe(act_stats=...) asks for saturation_frac, but saturation is off: "
+                "pass observe(saturation='tanh') (or 'sigmoid', or {layer: kind}) to say "
+                "which nonlinearity follows the probed layers"
+            )
+        return names
+    if "saturation_frac" not in names:
+        names = (*names, "saturation_frac")
+    return names
+
+
 def _int_at_least(name: str, value: Any, low: int, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer >= {low} ({what}), got {value!r}")
@@ -104,6 +169,9 @@ class ObserveOptions:
     a frozenset, ``stats`` and ``act_stats`` tuples, ``health`` a `HealthChecker` or None,
     ``recorder`` a `FlightRecorder` or None (an int is a number of steps; 0 is off),
     ``window`` the tuple of signals kept between samples (empty at ``every=1``).
+    ``act_stats`` defaults to `OBSERVE_ACT_STATS`; ``saturation`` (off by default) adds
+    ``saturation_frac``, whose bound on each layer's ``|pre-activation|`` follows from
+    the nonlinearity named and ``saturation_threshold`` (`jaxobs.stats.saturation_bound`).
 
     Raises:
       ValueError: an option out of range or an unknown name, naming the option.
@@ -117,7 +185,9 @@ class ObserveOptions:
     stats: Iterable[str] | None = None
     per: str | None = None
     activations: bool = False
-    act_stats: Iterable[str] = ACT_STATS
+    act_stats: Iterable[str] = OBSERVE_ACT_STATS
+    saturation: str | Mapping[str, str] | None = None
+    saturation_threshold: float = 0.97
     metrics_prefix: str = "train"
     health: HealthChecker | bool | None = None
     recorder: FlightRecorder | int | None = 256
@@ -143,9 +213,11 @@ class ObserveOptions:
             raise ValueError(f"observe(per={per!r}): choose one of {PER}")
         try:
             stats = check_stats(default_stats if self.stats is None else self.stats)
-            act_stats = check_stats(self.act_stats, ACT_STATS)
         except ValueError as e:
-            raise ValueError(f"observe(stats=..., act_stats=...): {e}") from None
+            raise ValueError(f"observe(stats=...): {e}") from None
+        act_stats = _act_stats(
+            self.act_stats, _saturation_bounds(self.saturation, self.saturation_threshold)
+        )
         for name in ("activations", "jit"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"observe({name}={getattr(self, name)!r}): True or False")
@@ -226,3 +298,9 @@ class ObserveOptions:
     def probes_activations(self) -> bool:
         """Whether activation statistics are recorded (``activations`` and ``acts`` watched)."""
         return self.activations and "acts" in self.watch
+
+    @property
+    def saturation_bounds(self) -> float | dict[str, float] | None:
+        """The bound on ``|pre-activation|`` above which a layer's output is saturated: one
+        for every probed layer, ``{layer path: bound}``, or None (off)."""
+        return _saturation_bounds(self.saturation, self.saturation_threshold)

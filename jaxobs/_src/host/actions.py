@@ -5,6 +5,14 @@ counts consecutive skipped steps, asks for a rollback (the supervisor restores t
 good snapshot and calls `ActionPolicy.rollback_done`), and decides when to give up and halt.
 Steps are always the device's own step numbers (the state's ``step``), never host call
 counts.
+
+When a critical alert halts (`ActionPolicy.on_alerts`): under ``halt``, always; under
+``skip`` and ``rollback``, only when the device did not skip the step the alert reports
+(its ``values["skipped"]`` is not true): skipping a bad update and training on is the
+point of those actions, and they give up (``skips_exhausted``, itself critical) after
+``max_skips`` skips in a row or ``max_rollbacks`` rollbacks; a critical alert that nothing
+protected the state from (a hand-logged NaN loss, a user rule) stops the run. Under
+``warn`` nothing halts.
 """
 
 from __future__ import annotations
@@ -35,9 +43,11 @@ class ActionPolicy:
     """The state machine behind ``HealthChecker(action=...)``.
 
     ``warn`` only alerts. ``skip`` skips bad steps on the device and halts after
-    ``max_skips`` in a row. ``halt`` halts at the first bad step. ``rollback`` skips, and
-    after ``rollback_after`` skips in a row asks for the last good state to be restored, at
-    most ``max_rollbacks`` times before it halts.
+    ``max_skips`` in a row. ``halt`` halts at the first bad step, at the first critical
+    alert, and at the first host trigger (`trigger`). ``rollback`` skips, and after
+    ``rollback_after`` skips in a row asks for the last good state to be restored, at most
+    ``max_rollbacks`` times before it halts. Under ``skip`` and ``rollback`` a critical
+    alert halts when the step it reports was not skipped on the device (`on_alerts`).
 
     Attributes:
       halt: The alert that stops training, once there is one.
@@ -139,6 +149,32 @@ class ActionPolicy:
                 out.extend(found)
             self.halt = found[0]
         return out
+
+    def trigger(self, alert: Alert) -> None:
+        """A host trigger fired (seed 001's: ``loss_spike``, or a layer's gradient norm
+        above ``gradient_explode_thresh``): under ``halt`` its alert halts the run, unless
+        an earlier one already has. The device cannot undo that step (the host judges it
+        one step late), so the other actions only alert."""
+        if self.action == HALT and self.halt is None:
+            self.halt = alert
+
+    def on_alerts(self, alerts: Sequence[Alert]) -> Alert | None:
+        """Halt at the first critical alert of ``alerts`` that should stop the run: under
+        ``halt`` any; under ``skip`` and ``rollback`` one whose step the device did not
+        skip (``alert.values["skipped"]`` not true); under ``warn`` none.
+
+        Returns:
+          The alert that halted the run now, or None (no new halt).
+        """
+        if self.action == WARN or self.halt is not None:
+            return None
+        for alert in alerts:
+            if alert.severity != CRITICAL:
+                continue
+            if self.action == HALT or alert.values.get("skipped") is not True:
+                self.halt = alert
+                return alert
+        return None
 
     def take_rollback(self) -> RollbackRequest | None:
         """The pending rollback request, if any (taken: the next call returns None)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from jaxobs._src.device.guard import GuardConfig, check_guard_settings
 from jaxobs._src.device.validate import (
+    LOSS_SPIKE_SETTINGS,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     PERCENTAGE,
@@ -35,6 +36,7 @@ from jaxobs._src.host.rules import (
     GuardVerdicts,
     InitLoss,
     LayerGradients,
+    LossSpike,
     Overfitting,
     Rule,
     Saturation,
@@ -73,6 +75,8 @@ SETTINGS: dict[str, Requirement] = {
     "gradient_vanish_thresh": optional(NON_NEGATIVE),
     "num_classes": optional(Requirement("an integer >= 2", lambda v: is_integer(v) and v >= 2)),
     "snapshot_every": optional(POSITIVE_INT),
+    # seed 001's loss trigger: the rule's own table, under the checker's names
+    **{f"spike_{name}": requirement for name, requirement in LOSS_SPIKE_SETTINGS.items()},
 }
 
 
@@ -89,14 +93,18 @@ class HealthChecker:
 
     Args:
       action: What a bad step (non-finite, spike, early blow-up) does. ``"warn"``: alerts
-        only. ``"skip"``: the step leaves parameters and optimizer state unchanged (on the
-        device, before the update lands); after ``max_skips`` consecutive skips the run is
-        halted. ``"halt"``: the first bad step is skipped on the device, writes a crash
-        dump and raises `TrainingHalted` from the next call of the step (and so does a
-        critical alert under ``skip`` and ``rollback``). ``"rollback"``: like ``skip``,
-        and after ``rollback_after`` consecutive skips the last good state (kept in host
-        memory every ``snapshot_every`` steps) is restored; the data loop learns how many batches to
-        skip from ``train_step.batches_to_skip``.
+        only; nothing halts. ``"skip"``: the step leaves parameters and optimizer state
+        unchanged (on the device, before the update lands) and training goes on; after
+        ``max_skips`` consecutive skips the run is halted. ``"halt"``: the first bad step
+        is skipped on the device, writes a crash dump and raises `TrainingHalted` from the
+        next call of the step; so does any critical alert, and a host trigger (a
+        ``loss_spike``, or a layer's gradient norm above ``gradient_explode_thresh``).
+        ``"rollback"``: like ``skip``, and after ``rollback_after`` consecutive skips the
+        last good state (kept in host memory every ``snapshot_every`` steps) is restored;
+        the data loop learns how many batches to skip from
+        ``train_step.take_batches_to_skip()``. Under ``skip`` and ``rollback`` a critical
+        alert halts only when the device did not skip the step it reports (a hand-logged
+        NaN loss, a rule of your own): a skipped NaN step is what they are for.
       num_classes: When known, the loss at the first step is checked against
         ``ln(num_classes)`` (a classifier's cross-entropy at initialisation).
       loss_key: The name of the loss in the step's metrics dict (or a scalar ``tap``).
@@ -108,10 +116,17 @@ class HealthChecker:
       blowup_factor: Early blow-up: loss above this multiple of its first value.
       norm_blowup_factor: Early blow-up: gradient norm above this multiple of its first value.
       init_loss_factor: Alert when the first loss is above this multiple of ``ln(C)``.
+      spike_factor: Seed 001's loss trigger (off by default): ``loss_spike`` when the loss
+        is above this multiple (> 1) of its moving average over the last ``spike_window``
+        accepted losses; under ``action="halt"`` it halts the run. The guard's robust
+        ``spike`` rule is the one tuned against false alarms; this one is for seed 001's
+        semantics.
+      spike_window: Losses in ``spike_factor``'s moving average.
       explode_factor: A layer's gradient norm above this multiple of its own baseline
         (median over the last ``window`` accepted steps) is exploding.
       vanish_factor: ... below the baseline divided by this, vanishing.
-      gradient_explode_thresh: Absolute per-layer gradient norm that is exploding (off).
+      gradient_explode_thresh: Absolute per-layer gradient norm that is exploding (off);
+        seed 001's gradient trigger: under ``action="halt"`` it halts the run.
       gradient_vanish_thresh: Absolute per-layer gradient norm that is vanishing (off).
       dead_neuron_pct: Alert when more than this percentage of a layer's units were never
         active over ``dead_window`` batches (needs ``observe(activations=True)``).
@@ -169,6 +184,8 @@ class HealthChecker:
     blowup_factor: float = GuardConfig.blowup_factor
     norm_blowup_factor: float = GuardConfig.norm_blowup_factor
     init_loss_factor: float = 2.0
+    spike_factor: float | None = None
+    spike_window: int = 50
     explode_factor: float = 100.0
     vanish_factor: float = 1000.0
     gradient_explode_thresh: float | None = None
@@ -304,6 +321,7 @@ class HealthChecker:
             halt = self.actions.halt
             if halt is not None and halt.rule in self.severities:
                 self.actions.halt = next((a for a in found if a.rule == halt.rule), halt)
+            self.actions.on_alerts(found)  # a critical alert may halt (see ActionPolicy)
             self.alerts.extend(found)
             return found
 
@@ -316,6 +334,12 @@ class HealthChecker:
         `ActionPolicy.judge`). The `GuardVerdicts` rule calls it for each verdict."""
         return self.actions.judge(step, bad=bad, alerts=alerts, on_device=on_device)
 
+    def trigger(self, alert: Alert) -> None:
+        """A host trigger fired (`LossSpike`, a gradient norm above
+        ``gradient_explode_thresh``): hand it to the action policy, which halts under
+        ``action="halt"`` (see `ActionPolicy.trigger`)."""
+        self.actions.trigger(alert)
+
     def first_diverged(self) -> Any:
         """The first layer to diverge, from the ``diverged`` given to the `check` in
         progress; None when none was given."""
@@ -326,10 +350,22 @@ def default_rules(checker: HealthChecker) -> list[Rule]:
     """The built-in rules, configured from ``checker``'s settings, in the order they run.
 
     They fire through the checker's episodes, and the guard's verdicts go to its action
-    policy. Add or drop rules with ``HealthChecker(rules=lambda c: [...])``; see the
-    health page of the docs.
+    policy. Seed 001's loss trigger, `LossSpike`, is among them only when
+    ``spike_factor`` is set. Add or drop rules with ``HealthChecker(rules=lambda c:
+    [...])``; see the health page of the docs.
     """
     c, shared = checker, {"episodes": checker.episodes}
+    spike: list[Rule] = []
+    if c.spike_factor is not None:
+        spike.append(
+            LossSpike(
+                factor=c.spike_factor,
+                window=c.spike_window,
+                loss_keys=("health/loss", c.train_key, c.loss_key),
+                trigger=c.trigger,
+                **shared,
+            )
+        )
     return [
         InitLoss(
             num_classes=c.num_classes,
@@ -353,8 +389,10 @@ def default_rules(checker: HealthChecker) -> list[Rule]:
             vanish_factor=c.vanish_factor,
             explode_thresh=c.gradient_explode_thresh,
             vanish_thresh=c.gradient_vanish_thresh,
+            trigger=c.trigger,
             **shared,
         ),
+        *spike,
         UpdateRatio(max_ratio=c.update_ratio_max, patience=c.ratio_patience, **shared),
         Saturation(pct=c.saturation_pct, patience=c.ratio_patience, **shared),
         DeadUnits(window=c.dead_window, pct=c.dead_neuron_pct, layers=c.dead_layers, **shared),

@@ -4,7 +4,7 @@
 from jaxobs._src.host.rules.base import BaseRule, Episodes, Rule
 from jaxobs._src.host.rules.layers import DeadUnits, LayerGradients, Saturation, UpdateRatio
 from jaxobs._src.host.rules.validation import Overfitting, Stagnation
-from jaxobs._src.host.rules.verdicts import GuardVerdicts, InitLoss
+from jaxobs._src.host.rules.verdicts import GuardVerdicts, InitLoss, LossSpike
 
 __all__ = [
     "BaseRule",
@@ -13,6 +13,7 @@ __all__ = [
     "GuardVerdicts",
     "InitLoss",
     "LayerGradients",
+    "LossSpike",
     "Overfitting",
     "Rule",
     "Saturation",

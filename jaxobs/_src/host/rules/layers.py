@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -40,6 +40,10 @@ class LayerGradients(BaseRule):
     last ``window`` accepted log norms, or against absolute thresholds. A step the guard
     rejected is neither judged nor learned from (the guard's alert speaks for it).
 
+    A norm above ``explode_thresh`` is seed 001's gradient trigger: its alert also goes to
+    ``trigger`` (the checker's `HealthChecker.trigger`, which halts under
+    ``action="halt"``); one only above the relative baseline alerts, and does not halt.
+
     Attributes:
       window: Accepted steps in each layer's baseline.
       min_steps: Accepted steps before the baseline judges.
@@ -47,6 +51,8 @@ class LayerGradients(BaseRule):
       vanish_factor: Below the baseline divided by this, vanishing.
       explode_thresh: An absolute norm above which a layer is exploding (None: off).
       vanish_thresh: An absolute norm below which a layer is vanishing (None: off).
+      trigger: Called with an ``exploding_gradients`` alert of a norm above
+        ``explode_thresh``.
       logs: Per layer, the accepted log norms.
     """
 
@@ -57,6 +63,7 @@ class LayerGradients(BaseRule):
     vanish_factor: float = 1000.0
     explode_thresh: float | None = None
     vanish_thresh: float | None = None
+    trigger: Callable[[Alert], None] | None = dataclasses.field(default=None, repr=False)
     logs: dict[str, collections.deque] = dataclasses.field(default_factory=dict, init=False)
 
     def reset(self) -> None:
@@ -78,9 +85,8 @@ class LayerGradients(BaseRule):
         logs = self.logs.setdefault(layer, collections.deque(maxlen=self.window))
         base = float(np.median(logs)) if len(logs) >= self.min_steps else None
         log_n = math.log(norm) if norm > 0 else -math.inf
-        explode = (self.explode_thresh is not None and norm > self.explode_thresh) or (
-            base is not None and log_n - base > math.log(self.explode_factor)
-        )
+        over = self.explode_thresh is not None and norm > self.explode_thresh
+        explode = over or (base is not None and log_n - base > math.log(self.explode_factor))
         vanish = (self.vanish_thresh is not None and norm < self.vanish_thresh) or (
             base is not None and base - log_n > math.log(self.vanish_factor)
         )
@@ -102,6 +108,8 @@ class LayerGradients(BaseRule):
                 values={"norm": norm, "baseline": baseline},
             ),
         )
+        if out and over and self.trigger is not None:
+            self.trigger(out[0])
         out += self.fire(
             "vanishing_gradients",
             layer,

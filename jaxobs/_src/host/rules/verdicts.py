@@ -1,22 +1,30 @@
-"""The rules about whole steps: the first loss (`InitLoss`) and the guard's verdicts
-(`GuardVerdicts`: non-finite, early blow-up, spike), which also judge a hand-logged loss."""
+"""The rules about whole steps: the first loss (`InitLoss`), the guard's verdicts
+(`GuardVerdicts`: non-finite, early blow-up, spike), which also judge a hand-logged loss
+and hand-logged gradient norms, and seed 001's loss trigger (`LossSpike`: the loss above a
+multiple of its moving average)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jaxobs._src.analysis.text import format_value
+from jaxobs._src.device.keys import split_stat_key
+from jaxobs._src.device.validate import LOSS_SPIKE_SETTINGS, check_settings
 from jaxobs._src.host.alerts import CRITICAL, DANGER, WARNING, Alert
 from jaxobs._src.host.rules.base import BaseRule, is_finite, logged_value
 
-__all__ = ["GuardVerdicts", "InitLoss"]
+__all__ = ["GuardVerdicts", "InitLoss", "LossSpike"]
 
 # A verdict's consumer: ``judge(step, bad=, alerts=, on_device=) -> the policy's alerts``
 # (`HealthChecker.judge`, which hands it to the `ActionPolicy`).
 Judge = Callable[..., list[Alert]]
+# A host trigger's consumer: ``trigger(alert)`` (`HealthChecker.trigger`: under
+# ``action="halt"`` the alert halts the run, as seed 001's triggers do).
+Trigger = Callable[[Alert], None]
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -166,13 +174,16 @@ class GuardVerdicts(BaseRule):
 
     def _check_logged(self, step: int, values: Mapping[str, float]) -> list[Alert]:
         present = [key for key in self.loss_keys if key in values]
-        if not present:
+        grads = _logged_gradients(values)
+        if not present and not grads:
             return []
         nf = [key for key in present if not is_finite(values[key])]
+        nf += [key for key, bad in grads if bad]
         out = self.fire("nonfinite", None, bool(nf), lambda: self._nonfinite(step, nf, False))
         return out + self._verdict(step, bool(nf), out, on_device=False)
 
     def _verdict(self, step: int, bad: bool, alerts: list[Alert], on_device: bool) -> list[Alert]:
+        """The action policy's alerts for this step's verdict (none without a ``judge``)."""
         if self.judge is None:
             return []
         return self.judge(step, bad=bad, alerts=alerts, on_device=on_device)
@@ -197,3 +208,89 @@ class GuardVerdicts(BaseRule):
             layer=layer,
             values={"nonfinite": list(what), "first_diverged": where, "skipped": skipped},
         )
+
+
+def _logged_gradients(values: Mapping[str, float]) -> list[tuple[str, bool]]:
+    """``(key, non-finite)`` of each gradient norm or count a record logs by hand: every
+    ``grads/<path>/norm`` and ``grads/global_norm`` (bad when not finite), and every
+    ``grads/<path>/nonfinite`` (bad when above 0)."""
+    out = []
+    for key, v in values.items():
+        if key == "grads/global_norm":
+            out.append((key, not is_finite(v)))
+            continue
+        split = split_stat_key(key, "grads")
+        if split is None:
+            continue
+        if split[1] == "norm":
+            out.append((key, not is_finite(v)))
+        elif split[1] == "nonfinite":
+            out.append((key, not is_finite(v) or v > 0))
+    return out
+
+
+@dataclasses.dataclass(kw_only=True, eq=False)
+class LossSpike(BaseRule):
+    """``loss_spike`` (warning): seed 001's trigger, the loss above ``factor`` times the
+    moving average of the last ``window`` losses (off while ``factor`` is None).
+
+    The average is taken over accepted losses only: finite and not themselves a spike, so
+    one bad step cannot raise the baseline that judges the next; a step the guard rejected
+    (``health/bad``) is neither judged nor learned from. A loss is judged once the window is
+    full and its average is positive. Under ``action="halt"`` the alert halts the run
+    (through ``trigger``).
+
+    Attributes:
+      factor: The multiple of the moving average above which a loss is a spike (None: off).
+      window: Losses in the moving average.
+      loss_keys: Where the loss is read, first found first: the guard's ``health/loss``,
+        then the logged training loss (a run without ``observe``).
+      trigger: Called with each alert (the checker's `HealthChecker.trigger`).
+      history: The last ``window`` accepted losses.
+    """
+
+    fires = ("loss_spike",)
+    factor: float | None = None
+    window: int = 50
+    loss_keys: Sequence[str] = ("health/loss", "train/loss", "loss")
+    trigger: Trigger | None = dataclasses.field(default=None, repr=False)
+    history: collections.deque = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_settings("LossSpike", self, LOSS_SPIKE_SETTINGS)
+        self.history = collections.deque(maxlen=self.window)
+
+    def reset(self) -> None:
+        super().reset()
+        self.history = collections.deque(maxlen=self.window)
+
+    def check(self, step: int, values: Mapping[str, float]) -> list[Alert]:
+        found = logged_value(values, self.loss_keys)
+        if self.factor is None or found is None or values.get("health/bad", 0) > 0:
+            return []  # off, no loss, or a step the guard rejected (its alert speaks)
+        key, loss = found[0], float(found[1])
+        if not math.isfinite(loss):
+            return []  # the nonfinite rule speaks for it; the episode stays as it is
+        full = len(self.history) == self.window
+        mean = sum(self.history) / len(self.history) if self.history else math.nan
+        spike = full and mean > 0 and loss > self.factor * mean
+        if not spike:
+            self.history.append(loss)
+        out = self.fire(
+            "loss_spike",
+            None,
+            spike,
+            lambda: Alert(
+                "loss_spike",
+                WARNING,
+                step,
+                f"{key} = {format_value(loss)} at step {step} is x{format_value(loss / mean)} "
+                f"its moving average over the last {self.window} steps "
+                f"({format_value(mean)}; spike_factor={self.factor:g}). Likely cause: an "
+                "unusual or corrupted batch, or a learning rate at the edge of stability.",
+                values={"loss": loss, "moving_average": mean, "factor": self.factor},
+            ),
+        )
+        if out and self.trigger is not None:
+            self.trigger(out[0])
+        return out
