@@ -200,12 +200,14 @@ operations = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(ops=operations, run_name=texts)
 def test_log_metric_lowers_like_a_dict_of_lists_model(ops, run_name, out_dir):
-    """log_metric sequences lower to a TrainLog equal to a plain dict-of-lists model."""
+    """log_metric sequences lower to a TrainLog equal to a plain dict-of-lists model; without
+    a step, a value goes to the next step of the whole history (one past its largest)."""
     exp = ExperimentLog(run=RunInfo(name=run_name))
     model: dict[str, tuple[list[int], list[float]]] = {}
     for name, value, step in ops:
+        nxt = max((max(s) + 1 for s, _ in model.values() if s), default=0)
         steps, vals = model.setdefault(name, ([], []))
-        want_step = step if step is not None else (steps[-1] + 1 if steps else 0)
+        want_step = step if step is not None else nxt
         assert exp.log_metric(name, value, step) == want_step
         steps.append(want_step)
         vals.append(float(value))

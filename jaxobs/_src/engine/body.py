@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -29,7 +30,14 @@ from jaxobs._src.device.stats import (
 )
 from jaxobs._src.device.window import WindowState, window_init, window_update, window_values
 from jaxobs._src.engine.activations import linen_activations, nnx_activations
-from jaxobs._src.engine.collect import Collector, collecting, is_scalar, masked, settled
+from jaxobs._src.engine.collect import (
+    Collector,
+    collecting,
+    is_scalar,
+    masked,
+    settled,
+    warn_once,
+)
 from jaxobs._src.engine.options import ObserveOptions
 from jaxobs._src.engine.packing import Packed, pack
 from jaxobs._src.engine.step_shapes import StepShape, metrics_of
@@ -108,9 +116,9 @@ def step_body(
     step = device_step if device_step is not None else step
     on_host = device_step is None and numbered_on_host
     active = _cadence(sample, options.every, step, on_host)
-    collector = Collector(
-        options.stat_names, options.granularity, tuple(options.act_stats), active, watch=watch
-    )
+    act_stats = tuple(options.act_stats or ())
+    collector = Collector(options.stat_names, options.granularity, act_stats, active, watch=watch)
+    collector.saturation = options.saturation_bounds
     if options.histogram_every:
         collector.hist_bins = options.histogram_bins
         collector.hist_active = _cadence(hist, options.histogram_every, step, on_host)
@@ -122,7 +130,7 @@ def step_body(
         out = fn(*args, **kwargs)
     old, new = shape.params(args, out, before)
     updates = _Updates(old, new)
-    signals = _signals(options, collector, out, updates)
+    signals = _signals(options, collector, out, updates, args)
     health_values: dict[str, Any] = {}
     if checker is not None:
         bad, guard, health_values = _judge(checker, guard, collector, signals, updates)
@@ -138,7 +146,7 @@ def step_body(
             window_out = window_values(window)
             window = window_init(window.low)
     values = _state_stats(options, collector, updates)
-    metrics = _metric_values(options, out)
+    metrics = _metric_values(options, out, args)
     values.update(metrics)
     values.update(collector.values)
     values.update(health_values)
@@ -167,7 +175,7 @@ def _activation_probes(on: bool, shape: StepShape, args: tuple) -> Any:
 
 
 def _signals(
-    options: ObserveOptions, collector: Collector, out: Any, updates: _Updates
+    options: ObserveOptions, collector: Collector, out: Any, updates: _Updates, args: tuple
 ) -> dict[str, Any]:
     """The health signals of this step, as scalars: ``loss`` (the returned or tapped loss),
     ``grad_norm`` (of the tapped gradients), ``update_max_abs`` (the largest change of a
@@ -176,15 +184,15 @@ def _signals(
     wanted = set(options.window_signals)
     key = checker.loss_key if checker is not None else "loss"
     out_signals: dict[str, Any] = {}
-    metrics = metrics_of(out) or {}
+    metrics = metrics_of(out, args) or {}
     loss = metrics.get(key, collector.raw.get(key))
     if loss is not None:
-        if not is_scalar(loss):
+        if jnp.size(loss) != 1:
             raise ValueError(
                 f"HealthChecker(loss_key={key!r}): the step's {key!r} is not a scalar (shape "
                 f"{jnp.shape(loss)}); return the mean loss, or name another with loss_key="
             )
-        out_signals["loss"] = jnp.asarray(loss, jnp.float32)
+        out_signals["loss"] = jnp.asarray(loss, jnp.float32).reshape(())
     grads = collector.raw.get("grads")
     if (
         grads is not None
@@ -303,14 +311,45 @@ def _update_ratios(
     return out
 
 
-def _metric_values(options: ObserveOptions, out: Any) -> dict[str, Any]:
-    """``<metrics_prefix>/<name>`` for every numeric scalar of the returned metrics."""
-    metrics = metrics_of(out)
+def _metric_values(options: ObserveOptions, out: Any, args: tuple) -> dict[str, Any]:
+    """``<metrics_prefix>/<name>`` for every returned metric with one element, as `run.log`
+    takes it (a boolean as 0 or 1, a shape-(1,) array as its element), and for the loss
+    of a ``loss`` or ``(loss, metrics)`` return (`metrics_of`); anything else is named in
+    a warning, once."""
+    metrics = metrics_of(out, args)
     if metrics is None or "metrics" not in options.watch:
         return {}
     values = {}
     for key, value in flatten_stats(metrics).items():
-        if is_scalar(value) and jnp.issubdtype(jnp.asarray(value).dtype, jnp.number):
-            name = f"{options.metrics_prefix}/{key}" if options.metrics_prefix else key
-            values[name] = jnp.asarray(value, jnp.float32)
+        name = f"{options.metrics_prefix}/{key}" if options.metrics_prefix else key
+        number = _one_number(value)
+        if number is not None:
+            values[name] = number
+        else:
+            warn_once(
+                f"metric-not-recorded:{name}",
+                f"the step returned metric {key!r} ({_describe(value)}), which is not one "
+                f"number: {name} is not recorded; return a scalar (e.g. its mean), or "
+                f"jaxobs.tap({key.replace('/', '_')}=...) it for its statistics",
+            )
     return values
+
+
+def _one_number(value: Any) -> Any:
+    """``value`` as a float32 scalar when it is a real number or a boolean with one element,
+    else None."""
+    if isinstance(value, (bool, int, float)):
+        return jnp.asarray(value, jnp.float32)
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None or math.prod(shape) != 1:
+        return None
+    if not any(jnp.issubdtype(dtype, kind) for kind in (jnp.integer, jnp.floating, jnp.bool_)):
+        return None
+    return jnp.asarray(value).astype(jnp.float32).reshape(())
+
+
+def _describe(value: Any) -> str:
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None:
+        return f"a {type(value).__name__}"
+    return f"shape {tuple(shape)}, dtype {dtype}"

@@ -120,9 +120,11 @@ class Observed:
             args, run=run, restore=shape.restore, current_step=self._current_step
         )
         call = self._calls
-        step = call
-        if supervisor.snapshot_every or self._samples:  # read before the call: it may donate
-            step = self._clock.step(call, lambda: self._current_step(args))
+        # The state's step (read once, before the call: it may donate), for the sampling
+        # choice, the snapshots, and the default step of the run's own `log` calls.
+        step = self._clock.step(call, lambda: self._current_step(args))
+        if run is not None:
+            run.note_dispatched(step)
         self._calls += 1
         options = self.options
         sample = step % options.every == 0
@@ -461,7 +463,11 @@ def observe(
         level's).
       per (str): ``"leaf"``, ``"layer"`` or ``"global"`` (default: the level's).
       activations (bool): Record activation statistics (flax linen and NNX).
-      act_stats (Iterable[str]): Which of `jaxobs.stats.ACT_STATS`.
+      act_stats (Iterable[str]): Which of `jaxobs.stats.ACT_STATS` (default: mean, std,
+        max_abs, zero_frac, dead_frac, nonfinite; min and max on request).
+      saturation (str | Mapping[str, str] | None): The nonlinearity after the probed layers,
+        "tanh" or "sigmoid", or {layer path: kind}; adds saturation_frac (None: off).
+      saturation_threshold (float): In (0.5, 1): saturated where |f(z)| is above it (0.97).
       metrics_prefix (str): Prefix for returned metrics (default ``train``: ``train/loss``).
       health (HealthChecker | bool | None): A `jaxobs.HealthChecker` (or True for the defaults): the
         on-device guard and the host rules (see the health docs).

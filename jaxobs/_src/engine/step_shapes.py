@@ -15,10 +15,12 @@ are. A shape answers:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 __all__ = [
@@ -66,15 +68,36 @@ def pure_dict(tree: Any) -> Any:
     return nnx.to_pure_dict(tree) if hasattr(nnx, "to_pure_dict") else tree.to_pure_dict()
 
 
-def metrics_of(out: Any) -> Mapping[str, Any] | None:
-    """The metrics dict of a step's outputs: the output itself, or the last dict in a tuple."""
+def metrics_of(out: Any, args: Sequence[Any] = ()) -> Mapping[str, Any] | None:
+    """The metrics of a step's outputs: the returned dict (or the last dict in a returned
+    tuple), with the returned loss under ``loss`` where that dict has none.
+
+    The loss is a floating-point value with one element returned on its own (``-> loss``)
+    or in a tuple (``-> (loss, metrics)``, ``-> (state, loss)``, ``-> (params, opt_state,
+    loss)``: the first such item), unless it is shaped like the argument in the same
+    position (then it is state: an optax step whose parameters are one scalar).
+    """
     if isinstance(out, Mapping):
         return out
-    if isinstance(out, tuple):
-        for item in reversed(out):
-            if isinstance(item, Mapping):
-                return item
-    return None
+    items = out if isinstance(out, tuple) else (out,)
+    metrics = next((item for item in reversed(items) if isinstance(item, Mapping)), None)
+    if metrics is not None and "loss" in metrics:
+        return metrics
+    for i, item in enumerate(items):
+        if _is_loss(item, args[i] if i < len(args) else None):
+            return {"loss": item, **(metrics or {})}
+    return metrics
+
+
+def _is_loss(value: Any, arg: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None or math.prod(shape) != 1:
+        return False
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return False
+    return getattr(arg, "shape", None) != shape or getattr(arg, "dtype", None) != dtype
 
 
 class StepShape(Protocol):
@@ -153,8 +176,12 @@ class NoShape:
 
 
 def _same_structure(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same tree of leaves of the same shapes."""
     structure: Any = jax.tree.structure(a)
-    return bool(structure == jax.tree.structure(b))
+    if structure != jax.tree.structure(b):
+        return False
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return all(jnp.shape(x) == jnp.shape(y) for x, y in pairs)
 
 
 def _new_state(out: Any) -> Any:

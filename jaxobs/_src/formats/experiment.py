@@ -213,8 +213,14 @@ class ExperimentLog(JsonEq):
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def log_metric(self, name: str, value: Any, step: int | None = None) -> int:
-        """Append one scalar; new metric names are added lazily. Returns the step used."""
-        return self.history.log(name, value, step)
+        """Append one scalar; new metric names are added lazily. Returns the step used.
+
+        Without a step, the value goes to the history's next step (`MetricHistory.next_step`:
+        one past the largest step logged so far, by `log_metric` or `log_row`, any metric),
+        as `log_row` does and a W&B ``log`` call would: a metric logged for the first time
+        after 100 rows lands at step 100, not 0.
+        """
+        return self.history.log(name, value, self.history.next_step if step is None else step)
 
     def log_row(self, values: Sequence[Any] | Mapping[str, Any], step: int | None = None) -> int:
         """Append one aligned row (see `MetricHistory.append`). Returns the step used."""
