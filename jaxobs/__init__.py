@@ -36,11 +36,13 @@ from jaxobs._src.formats.errors import (
 from jaxobs._src.formats.events import Event, Level
 from jaxobs._src.formats.experiment import Artifact, Curve, ExperimentLog, MetricHistory, RunInfo
 from jaxobs._src.formats.rundir import RunRecord, read_run
+from jaxobs._src.formats.sync_marker import SyncBusyError, SyncMarkerError
 from jaxobs._src.formats.trainlog import SCHEMA_VERSION, Series, TrainLog, schema_path
 from jaxobs._src.host.alerts import Alert, TrainingHalted
 from jaxobs._src.host.checker import HealthChecker
 from jaxobs._src.host.recorder import FlightRecorder
 from jaxobs._src.host.run import Run, Terminated, active_run
+from jaxobs._src.host.sink_worker import SinkTimeouts
 from jaxobs._src.host.start import init
 from jaxobs._src.sinks.terminal import TerminalSink
 
@@ -113,6 +115,9 @@ __all__ = [
     "RunRecord",
     "SchemaVersionError",
     "Series",
+    "SinkTimeouts",
+    "SyncBusyError",
+    "SyncMarkerError",
     "TerminalSink",
     "Terminated",
     "TrainLog",

@@ -1,250 +1,286 @@
-"""The dispatcher that hands a run's events to its sinks on one background thread.
+"""The dispatcher that hands a run's events to its sinks, each sink on its own thread.
 
 A sink is any object with ``handle_<event_type>(event)`` methods (and, optionally,
-``handle_event(event)`` for every type it has no specific method for, ``flush()`` and
-``close()``). There is no base class to inherit from.
+``handle_event(event)`` for every type it has no specific method for, ``bind(run)``,
+``flush()`` and ``close()``). There is no base class to inherit from.
 
-Queue policy (bounded queue, one worker thread):
+Isolation (one `SinkWorker` per sink, and one for the run's callbacks):
 
-- The run's ``events.jsonl`` is written by the `Run` itself, before an event is queued, so
-  no policy here can lose a record from the file.
-- *Stream* events (``metrics``, ``batch_start``, ``batch_end`` and the EXPERT/DEBUG event
-  types) are dropped for the sinks when the queue is full; each drop is counted, and the
-  counts are reported when the run finishes and stored in its ``run_end`` record.
-- All other events (run and epoch boundaries, health checks, artifacts, custom events) wait
-  up to ``block_timeout_s`` for room, then are dropped and counted the same way.
-- A sink method or callback that raises is reported once (a warning on the ``jaxobs``
-  logger naming the sink, the event and the error) and that sink (or callback) is disabled;
-  training goes on. Reports of errors raised before the run ends are also kept in the run's
-  ``run_end`` record.
+- The run's ``events.jsonl`` is written by the `Run` itself, before an event is handed
+  here, so nothing here can lose a record from the file.
+- **The training thread never waits on a sink**, for any event type: each sink has its own
+  bounded queue (``maxsize`` events), and an event that finds it full is dropped *for that
+  sink only* and counted (per sink, with the record's timestamp, so that a tracker bridge
+  sends it from ``events.jsonl`` when the run ends). The ``run_end`` event is never
+  dropped. One slow sink does not delay the others.
+- **Time limits** (`SinkTimeouts`): ``bind``, ``flush`` and ``close`` run on the sink's
+  thread, and the caller waits at most ``bind_s`` / ``flush_s`` / ``close_s``. A sink that
+  takes longer is abandoned: reported (a warning and the run's ``run_end`` record), sent
+  nothing more, its thread left to end by itself.
+- A sink method or callback that raises, with any `BaseException` (`SystemExit` too), is
+  reported once (a warning on the ``jaxobs`` logger naming the sink, the event and the
+  error) and that sink (or callback) is disabled; training goes on.
 
-The worker never waits for itself: `Dispatcher.flush` and `Dispatcher.close` called on the
-worker thread (from a sink, a callback, or a run that the garbage collector finalises there)
-return at once, and the worker stops after the events already queued.
+`Dispatcher.flush` and `Dispatcher.close` called on a sink's own thread (from a sink, a
+callback, or a run that the garbage collector finalises there) do not wait for that
+thread.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import traceback
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from jaxobs._src.formats.events import STREAM_TYPES, Event
+from jaxobs._src.formats.events import Event
+from jaxobs._src.host.sink_worker import SinkTimeouts, SinkWorker
+
+__all__ = ["Dispatcher", "SinkTimeouts"]
 
 logger = logging.getLogger("jaxobs")
 
 
-_STOP = object()
+class _Callbacks:
+    """The run's callbacks as one sink, each callback disabled on its own when it raises."""
 
+    name = "callbacks"
 
-_FLUSH = "flush"
+    def __init__(self, report: Callable[[str], None]) -> None:
+        self.entries: list[tuple[str, Callable[[Event], Any]]] = []
+        self._disabled: set[int] = set()
+        self._report = report
+        self._lock = threading.Lock()
 
+    def add(self, event_type: str, fn: Callable[[Event], Any]) -> None:
+        with self._lock:
+            self.entries.append((event_type, fn))
 
-_ADD = "add"
+    def handle_event(self, event: Event) -> None:
+        with self._lock:
+            entries = list(self.entries)
+        for entry in entries:
+            event_type, fn = entry
+            if event_type not in (event.type, "*") or id(entry) in self._disabled:
+                continue
+            try:
+                fn(event)
+            except BaseException as e:
+                self._disabled.add(id(entry))
+                self._report(
+                    f"jaxobs: callback {getattr(fn, '__name__', fn)!r} raised "
+                    f"{type(e).__name__}: {e} on {event.type} at step {event.step}; it is "
+                    "disabled for the rest of the run (training goes on, events.jsonl is "
+                    "complete)"
+                )
 
 
 class Dispatcher:
-    """Hands events to sinks and callbacks on one background worker thread.
+    """Hands events to sinks and callbacks, each sink on its own worker thread.
 
     Args:
-      sinks: Initial sinks.
-      maxsize: Capacity of the queue.
-      block_timeout_s: How long a non-stream event waits for room in a full queue.
+      sinks: Initial sinks (not bound: see `add_sink`).
+      maxsize: How many events may wait for each sink.
+      timeouts: The time limits of ``bind``, ``flush`` and ``close``.
     """
 
     def __init__(
-        self, sinks: Iterable[Any] = (), maxsize: int = 1024, block_timeout_s: float = 5.0
+        self,
+        sinks: Iterable[Any] = (),
+        maxsize: int = 1024,
+        timeouts: SinkTimeouts | None = None,
     ) -> None:
         if maxsize < 1:
             raise ValueError(f"queue size must be at least 1, got {maxsize}")
-        self._sinks: list[Any] = list(sinks)
-        self._callbacks: list[tuple[str, Callable[[Event], Any]]] = []
-        self._disabled: set[int] = set()
-        self._waiting: set[int] = set()  # sinks added but not yet given their first event
-        self._queue: queue.Queue = queue.Queue(maxsize)
-        self._block_timeout_s = block_timeout_s
-        # Skipped events per type, and when each was recorded: a sink that must hold every
-        # record (a tracker bridge) reads these back from events.jsonl when the run ends.
-        # Producers on several threads update them, under `_lock`; read them with `drops`.
-        self.dropped: Counter[str] = Counter()
-        self.dropped_ns: list[int] = []
+        if timeouts is not None and not isinstance(timeouts, SinkTimeouts):
+            raise TypeError(f"timeouts must be a jaxobs.SinkTimeouts, got {timeouts!r}")
+        self.timeouts = timeouts or SinkTimeouts()
+        self._maxsize = maxsize
         self.errors: list[str] = []
-        # Re-entrant: the garbage collector may finalise a run (which closes this) on the
-        # worker thread at any allocation, also while the worker holds the lock.
+        # Re-entrant: the garbage collector may finalise a run (which closes this) on a
+        # worker thread at any allocation, also while that thread holds the lock.
         self._lock = threading.RLock()
+        self._workers: list[SinkWorker] = []
+        self._callbacks = _Callbacks(self._report)
+        self._callback_worker: SinkWorker | None = None
         self._closed = False
-        self._stop_when_drained = False  # set by `close`: the worker stops on an empty queue
-        self._thread = threading.Thread(target=self._work, name="jaxobs-dispatch", daemon=True)
-        self._thread.start()
+        for sink in sinks:
+            self.add_sink(sink)
+
+    # -- what is known
 
     @property
     def sinks(self) -> list[Any]:
-        """The sinks, in the order they were added."""
+        """The sinks, in the order they were added (abandoned ones included)."""
         with self._lock:
-            return list(self._sinks)
+            return [w.sink for w in self._workers]
 
     @property
     def stopped(self) -> bool:
-        """Whether the worker thread has ended (after `close`)."""
-        return not self._thread.is_alive()
+        """Whether every worker thread has ended (after `close`)."""
+        return not any(w.thread.is_alive() for w in self._all() if not w.abandoned)
 
     def drops(self) -> tuple[dict[str, int], list[int]]:
-        """A consistent copy of `dropped` and `dropped_ns`."""
-        with self._lock:
-            return dict(self.dropped), list(self.dropped_ns)
+        """What the sinks did not get: counts per event type (summed over the sinks), and the
+        ``timestamp_ns`` of every record some sink did not get (sorted, once each)."""
+        counts: Counter[str] = Counter()
+        stamps: set[int] = set()
+        for worker in self._all():
+            dropped, dropped_ns = worker.drops()
+            counts.update(dropped)
+            stamps.update(dropped_ns)
+        return dict(counts), sorted(stamps)
+
+    def drops_by_sink(self) -> dict[str, dict[str, int]]:
+        """What each sink did not get, counted per event type (sinks that got all: absent)."""
+        out: dict[str, dict[str, int]] = {}
+        for worker in self._all():
+            dropped, _ = worker.drops()
+            if dropped:
+                out[worker.name] = dropped
+        return out
+
+    def skipped_for(self, sink: Any) -> list[int]:
+        """The ``timestamp_ns`` of every record ``sink`` did not get (its queue was full)."""
+        for worker in self._all():
+            if worker.sink is sink:
+                return worker.drops()[1]
+        return []
 
     def add_error(self, message: str) -> None:
-        """Keep the report of a sink error raised outside the worker (a failed ``bind``)."""
+        """Keep the report of a sink error raised outside the workers (a failed ``bind``)."""
         with self._lock:
             self.errors.append(message)
 
-    def add_sink(self, sink: Any, first: Event | None = None) -> None:
-        """Deliver the events queued from now on to ``sink`` too, after ``first`` (the run's
-        ``run_start``, so that a sink added late still learns what run it serves)."""
-        if first is None:
-            with self._lock:
-                self._sinks.append(sink)
-            return
-        with self._lock:  # listed now; it gets events queued after `first`
-            self._sinks.append(sink)
-            self._waiting.add(id(sink))
-        try:
-            self._queue.put((_ADD, sink, first), timeout=self._block_timeout_s)
-        except queue.Full:  # the sink still gets what comes next
-            with self._lock:
-                self._waiting.discard(id(sink))
+    def _report(self, message: str) -> None:
+        """Keep and log the report of a sink error (the traceback is kept, not logged)."""
+        self.add_error(message)
+        logger.warning(message.split("\n", 1)[0])
+
+    # -- adding
+
+    def add_sink(
+        self, sink: Any, first: Event | None = None, bind: Any = None, hint: str | None = None
+    ) -> bool:
+        """Give ``sink`` its own worker, and deliver it the events submitted from now on.
+
+        Args:
+          sink: The sink.
+          first: An event it gets first (the run's ``run_start``).
+          bind: The run to ``bind`` it to first (when it has ``bind``), on its own thread,
+            waiting up to ``timeouts.bind_s``.
+          hint: What to do about it, added to every report of this sink's failures (the
+            `jaxobs sync` command of a tracker).
+
+        Returns:
+          Whether the sink was added: False when its ``bind`` raised or took too long (it
+          is reported, and the run goes on without it).
+        """
+        worker = SinkWorker(sink, self._maxsize, self._report, hint)
+        with self._lock:
+            self._workers.append(worker)
+        if bind is not None and getattr(sink, "bind", None) is not None:
+            done = worker.bind(bind)
+            if done is not None and not done.wait(self.timeouts.bind_s):
+                self._abandon(worker, "bind", self.timeouts.bind_s)
+                return False
+            if worker.disabled:  # bind raised: reported by the worker
+                worker.stop()
+                return False
+        worker.start_receiving(first)
+        return True
 
     def register_callback(self, event_type: str, fn: Callable[[Event], Any]) -> None:
         """Call ``fn(event)`` for every event of ``event_type`` (``"*"``: every event)."""
         if not callable(fn):
             raise TypeError(f"callback for {event_type!r} must be callable, got {fn!r}")
+        self._callbacks.add(event_type, fn)
         with self._lock:
-            self._callbacks.append((event_type, fn))
+            if self._callback_worker is None and not self._closed:
+                self._callback_worker = SinkWorker(self._callbacks, self._maxsize, self._report)
+                self._callback_worker.start_receiving(None)
+
+    # -- delivering (never waits)
 
     def submit(self, event: Event) -> bool:
-        """Queue ``event`` for the sinks. Returns False when it was dropped (queue full)."""
+        """Hand ``event`` to every sink's queue. Returns False when some sink dropped it."""
         if self._closed:
             return False
-        try:
-            # The worker never waits on its own queue (a callback that records an event).
-            if event.type in STREAM_TYPES or threading.current_thread() is self._thread:
-                self._queue.put_nowait(event)
-            else:
-                self._queue.put(event, timeout=self._block_timeout_s)
-            return True
-        except queue.Full:
-            with self._lock:  # `+=` on a Counter item is not atomic across threads
-                self.dropped[event.type] += 1
-                self.dropped_ns.append(event.timestamp_ns)
-            return False
+        ok = True
+        for worker in self._all():
+            if worker.receiving and not worker.abandoned and not worker.put(event):
+                ok = False
+        return ok
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every queued event has been handled and sinks flushed.
+        """Wait until every sink has handled what was queued, and flushed.
+
+        A sink that does not within ``timeouts.flush_s`` is abandoned (and reported).
 
         Returns:
-          True when everything was handled; False on a timeout, and at once on the worker
-          thread itself, which cannot wait for its own queue.
+          True when every sink that is not abandoned answered; False on ``timeout_s`` (or
+          at once on a sink's own thread, which cannot wait for itself).
         """
-        if threading.current_thread() is self._thread:
-            return False
-        if self._closed:  # the worker handles what is left, then stops
-            self._thread.join(timeout_s)
-            return not self._thread.is_alive()
-        if not self._thread.is_alive():
-            return True
-        done = threading.Event()
-        try:
-            self._queue.put((_FLUSH, done), timeout=timeout_s)
-        except queue.Full:
-            return False
-        return done.wait(timeout_s)
+        if self._on_worker() or self._closed:
+            return self._closed and self.stopped
+        return self._wait_all("flush", timeout_s, self.timeouts.flush_s)
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Handle what is queued, close the sinks and stop the worker.
+        """Handle what is queued, close the sinks and stop their threads.
 
-        From another thread, waits up to ``timeout_s`` for the worker to stop. On the worker
-        thread itself it only asks it to stop once the queue is drained (a thread cannot join
-        itself).
+        Waits up to ``min(timeout_s, timeouts.close_s)``; sinks still busy then are
+        abandoned. On a sink's own thread it only asks the workers to stop.
         """
         with self._lock:
             if self._closed:
                 return
-            self._closed = True  # what is submitted from now on would never be handled
-            self._stop_when_drained = True
-        on_worker = threading.current_thread() is self._thread
-        try:
-            if on_worker:
-                self._queue.put_nowait(_STOP)
-            else:
-                self._queue.put(_STOP, timeout=timeout_s)
-        except queue.Full:  # the worker stops when it finds the queue empty
-            pass
-        if not on_worker:
-            self._thread.join(timeout_s)
+            self._closed = True
+        if self._on_worker():
+            for worker in self._all():
+                worker.stop()
+            return
+        self._wait_all("close", timeout_s, self.timeouts.close_s)
 
-    # -- worker
+    # -- internals
 
-    def _work(self) -> None:
-        while True:
-            if self._stop_when_drained and self._queue.empty():
-                break
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            if isinstance(item, tuple) and item[0] == _FLUSH:
-                self._each_sink("flush")
-                item[1].set()
-                continue
-            if isinstance(item, tuple) and item[0] == _ADD:
-                _, sink, first = item
-                with self._lock:
-                    self._waiting.discard(id(sink))
-                self._deliver(first, only=sink)
-                continue
-            self._deliver(item)
-        self._each_sink("close")
-
-    def _deliver(self, event: Event, only: Any = None) -> None:
+    def _all(self) -> list[SinkWorker]:
         with self._lock:
-            sinks, callbacks = list(self._sinks), list(self._callbacks)
-            waiting = set(self._waiting)
-        if only is not None:
-            sinks, callbacks = [only], []
-        elif waiting:
-            sinks = [s for s in sinks if id(s) not in waiting]
-        for sink in sinks:
-            if id(sink) in self._disabled:
+            workers = list(self._workers)
+            if self._callback_worker is not None:
+                workers.append(self._callback_worker)
+        return workers
+
+    def _on_worker(self) -> bool:
+        me = threading.current_thread()
+        return any(w.thread is me for w in self._all())
+
+    def _wait_all(self, what: str, timeout_s: float, limit_s: float) -> bool:
+        waits = []
+        for worker in self._all():
+            if worker.abandoned:
                 continue
-            method = getattr(sink, f"handle_{event.type}", None) or getattr(
-                sink, "handle_event", None
-            )
-            if method is not None:
-                self._call(sink, method, event, f"{type(sink).__name__}.handle_{event.type}")
-        for entry in callbacks:
-            event_type, fn = entry
-            if event_type in (event.type, "*") and id(entry) not in self._disabled:
-                self._call(entry, fn, event, f"callback {getattr(fn, '__name__', fn)!r}")
+            done = worker.stop() if what == "close" else worker.flush()
+            if done is not None:
+                waits.append((worker, done))
+        start = time.monotonic()
+        wait_s = min(timeout_s, limit_s)
+        ok = True
+        for worker, done in waits:
+            if done.wait(max(0.0, wait_s - (time.monotonic() - start))):
+                continue
+            ok = False
+            if wait_s >= limit_s:  # the sink's own limit, not the caller's shorter wait
+                self._abandon(worker, what, limit_s)
+        return ok
 
-    def _each_sink(self, name: str) -> None:
-        for sink in list(self._sinks):
-            method = getattr(sink, name, None)
-            # close() reaches disabled sinks too, so that they release what they hold.
-            if method is not None and (name == "close" or id(sink) not in self._disabled):
-                self._call(sink, method, None, f"{type(sink).__name__}.{name}")
+    def _abandon(self, worker: SinkWorker, what: str, limit_s: float) -> None:
+        worker.abandon()
+        hint = f"; {worker.hint}" if worker.hint else ""
+        self._report(
+            f"jaxobs: {worker.name} did not finish {what} within {limit_s:g} s; it is "
+            "abandoned and gets nothing more (training goes on, events.jsonl is complete; "
+            f"change the limit with jaxobs.init(sink_timeouts=jaxobs.SinkTimeouts(...))){hint}"
+        )
 
-    def _call(self, owner: Any, fn: Callable, event: Event | None, what: str) -> None:
-        try:
-            fn() if event is None else fn(event)
-        except Exception as e:
-            self._disabled.add(id(owner))
-            where = f" on {event.type} at step {event.step}" if event is not None else ""
-            message = (
-                f"jaxobs: {what} raised {type(e).__name__}: {e}{where}; it is disabled "
-                "for the rest of the run (training goes on, events.jsonl is complete)"
-            )
-            self.add_error(message + "\n" + traceback.format_exc(limit=3))
-            logger.warning(message)

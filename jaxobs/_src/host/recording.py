@@ -20,7 +20,7 @@ from jaxobs._src.formats.events import Event, Level
 from jaxobs._src.formats.experiment import RunInfo
 from jaxobs._src.formats.rundir import EVENTS_FILE, EVENTS_FORMAT, TRAINLOG_FILE, read_run
 from jaxobs._src.formats.trainlog import SCHEMA_VERSION
-from jaxobs._src.host.dispatch import Dispatcher
+from jaxobs._src.host.dispatch import Dispatcher, SinkTimeouts
 from jaxobs._src.host.event_file import EventFile
 from jaxobs._src.host.lifecycle import error_record
 
@@ -56,6 +56,7 @@ class Recording:
         env: Mapping[str, Any],
         settings: Mapping[str, Any],
         queue_size: int,
+        sink_timeouts: SinkTimeouts | None = None,
     ):
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -72,7 +73,7 @@ class Recording:
         # Everything that can fail is done before the file exists, so a failed init leaves
         # nothing behind that would block the same id later.
         self._file = EventFile(directory / EVENTS_FILE, self._start.to_record())
-        self._dispatcher = Dispatcher([], maxsize=queue_size)
+        self._dispatcher = Dispatcher([], maxsize=queue_size, timeouts=sink_timeouts)
         self._pending: collections.deque[Event] = collections.deque()
 
     @property
@@ -98,27 +99,20 @@ class Recording:
             self._dispatcher.submit(event)
 
     def add_sink(self, sink: Any, run: Any) -> None:
-        """Bind ``sink`` to ``run`` (when it has ``bind``), then feed it from ``run_start`` on.
+        """Bind ``sink`` to ``run`` (when it has ``bind``) on the sink's own thread, waiting
+        up to the bind time limit, then feed it from ``run_start`` on.
 
-        A ``bind`` that raises is reported once and the sink is left out.
+        A ``bind`` that raises or takes too long is reported once and the sink is left out.
         """
-        bind = getattr(sink, "bind", None)
-        if bind is not None:
-            try:
-                bind(run)
-            except Exception as e:
-                message = (
-                    f"jaxobs: {type(sink).__name__}.bind raised {type(e).__name__}: {e}; "
-                    f"the sink is left out (training goes on, {self.dir / EVENTS_FILE} is "
-                    "complete)"
-                )
-                tracker = getattr(sink, "tracker", None)
-                if isinstance(tracker, str):
-                    message += f"; send the run later with `jaxobs sync {self.dir} --to {tracker}`"
-                self._dispatcher.add_error(message)
-                logger.warning(message)
-                return
-        self._dispatcher.add_sink(sink, first=self._start)
+        tracker = getattr(sink, "tracker", None)
+        hint = None
+        if isinstance(tracker, str) and tracker:
+            hint = f"send the run later with `jaxobs sync {self.dir} --to {tracker}`"
+        self._dispatcher.add_sink(sink, first=self._start, bind=run, hint=hint)
+
+    def skipped_for(self, sink: Any) -> list[int]:
+        """When each record ``sink`` did not get (its queue was full) was recorded."""
+        return self._dispatcher.skipped_for(sink)
 
     def register_callback(self, event_type: str, fn: Callable[[Event], Any]) -> None:
         self._dispatcher.register_callback(event_type, fn)
@@ -128,7 +122,7 @@ class Recording:
 
     def close(
         self, status: str, error: BaseException | None, duration_s: float, last_step: int | None
-    ) -> pathlib.Path:
+    ) -> pathlib.Path | None:
         """End the run: write ``run_end``, fsync, write ``trainlog.json``, then let the sinks
         see ``run_end`` and close them.
 
@@ -138,8 +132,11 @@ class Recording:
           duration_s: How long it ran.
           last_step: The last step it logged, if any.
 
+        A file that cannot be written (a full disk, no file descriptor left) is reported as
+        a warning, and the sinks still get ``run_end`` and are closed.
+
         Returns:
-          The path of ``trainlog.json``.
+          The path of ``trainlog.json``, or None when it could not be written.
         """
         self._dispatcher.flush(10.0)
         dropped, _ = self._dispatcher.drops()
@@ -148,13 +145,26 @@ class Recording:
             end["error"] = error_record(error)
         end["sink_errors"] = list(self._dispatcher.errors)
         end["dropped_for_sinks"] = dropped
+        end["dropped_by_sink"] = self._dispatcher.drops_by_sink()
         event = Event("run_end", Level.BASIC, last_step, time.time_ns(), end)
-        self._file.write(event.to_record())
-        self._file.fsync()
-        self._file.close()
         path = self.dir / TRAINLOG_FILE
-        try:  # before the sinks see run_end, so that a bridge can attach trainlog.json
+        written: pathlib.Path | None = path
+        try:
+            try:
+                self._file.write(event.to_record())
+                self._file.fsync()
+            finally:
+                self._file.close()
+            # before the sinks see run_end, so that a bridge can attach trainlog.json
             read_run(self.dir, warn=False).log.to_trainlog().write_json(path)
+        except OSError as e:  # a full disk, no file descriptor left: the sinks still end
+            logger.warning(
+                "jaxobs: the end of the run could not be written (%s); %s reads back as "
+                "far as it got (jaxobs.read_run and `jaxobs show` rebuild the TrainLog from it)",
+                e,
+                self.dir / EVENTS_FILE,
+            )
+            written = None
         finally:
             self._dispatcher.submit(event)
             self._dispatcher.close()
@@ -165,7 +175,7 @@ class Recording:
                 self.dir / EVENTS_FILE,
                 dropped,
             )
-        return path
+        return written
 
     def release(self) -> None:
         """Close the file and stop the sinks' worker of a run dropped without finishing.
@@ -186,6 +196,9 @@ class NullRecording:
         return []
 
     def skipped_ns(self) -> list[int]:
+        return []
+
+    def skipped_for(self, sink: Any) -> list[int]:
         return []
 
     def write(self, event: Event) -> None:

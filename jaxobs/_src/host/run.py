@@ -31,6 +31,7 @@ from jaxobs._src.formats.artifacts import ConfusionMatrix
 from jaxobs._src.formats.config import histogram, scalar, to_config
 from jaxobs._src.formats.events import Event, Level, check_event
 from jaxobs._src.formats.experiment import Artifact, RunInfo
+from jaxobs._src.formats.redact import redact_text
 from jaxobs._src.formats.rundir import EVENTS_FILE, TRAINLOG_FILE
 from jaxobs._src.host.lifecycle import ACTIVE, Lifecycle, Terminated, active_run, exit_status
 from jaxobs._src.host.monitors import Monitors
@@ -134,6 +135,7 @@ class Run:
         self._out = out
         self._lock = threading.RLock()
         self._next_step = 0
+        self._dispatched: int | None = None  # the last step an observed step dispatched
         self._finished = False
         self._start = time.monotonic()
         self._monitors = Monitors()
@@ -155,8 +157,10 @@ class Run:
 
     @property
     def step(self) -> int:
-        """The step that `log` uses when it is given none."""
-        return self._next_step
+        """The step that `log` uses when it is given none: the last step that a
+        `jaxobs.observe` step feeding this run dispatched, else one past the largest step
+        logged so far (0 at first)."""
+        return self._next_step if self._dispatched is None else self._dispatched
 
     @property
     def finished(self) -> bool:
@@ -181,6 +185,11 @@ class Run:
         the run ends)."""
         return self._out.skipped_ns()
 
+    def skipped_for(self, sink: Any) -> list[int]:
+        """The ``timestamp_ns`` of every record ``sink`` did not get (its own queue was full);
+        all of them are in ``events.jsonl``."""
+        return self._out.skipped_for(sink)
+
     # -- recording
 
     def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
@@ -192,19 +201,27 @@ class Run:
 
         Args:
           values: ``{"val/loss": 0.3, ...}``; keys are ``/``-joined metric names.
-          step: The training step (default: `step`, which then advances by one).
+          step: The training step. Default: `step`, that is the step the training loop
+            last called an observed step at (``run.log({"epoch": e})`` right after the
+            observed call of step 49 is at step 49, however far the background delivery of
+            the statistics has got); in a run that no `jaxobs.observe` step feeds (or only
+            one traced by an outer `jax.jit`), one past the largest step logged so far, so
+            that consecutive calls without a step get 0, 1, 2, ...
 
         Raises:
           TypeError: a value that is not a scalar, or a non-string key; names the metric.
           ValueError: a key that is not valid UTF-8, or a step outside int64.
           RuntimeError: the run has finished.
+          OSError: ``events.jsonl`` could not be written (a full disk: ``errno`` ENOSPC);
+            nothing of the record is in the file and no sink got it, so logging it again
+            (once there is space) records it exactly once.
         """
         converted = _convert_named(values, "run.log", "metric", scalar)
         with self._lock:
             self._check_open("log")
-            step = _check_step(self._next_step if step is None else step)
-            self._next_step = max(self._next_step, step + 1)
+            step = _check_step(self.step if step is None else step)
             self._write("metrics", step, {"values": converted}, Level.BASIC)
+            self._next_step = max(self._next_step, step + 1)  # once it is written
         self._out.submit_pending()
         self._monitors.call("on_log", self, step, converted)
 
@@ -218,7 +235,8 @@ class Run:
           histograms: ``{"params/Dense_0/kernel": value}``: ``(counts, edges)`` as
             `numpy.histogram` returns it, a mapping with ``counts``, ``edges`` (optionally
             ``sum``, ``sum_squares``), or samples (binned into 64 bins over the finite ones).
-          step: The training step (default: the last step logged, or 0).
+          step: The training step (default: the last step an observed step dispatched,
+            else the last step logged, or 0).
 
         Raises:
           TypeError, ValueError: a malformed histogram, naming it.
@@ -229,7 +247,10 @@ class Run:
             return
         with self._lock:
             self._check_open("log_histograms")
-            step = _check_step(max(self._next_step - 1, 0) if step is None else step)
+            if step is None:
+                last = self._next_step - 1 if self._dispatched is None else self._dispatched
+                step = max(last, 0)
+            step = _check_step(step)
             self._write("histograms", step, {"values": converted}, Level.DETAILED)
         self._out.submit_pending()
 
@@ -286,8 +307,9 @@ class Run:
         )
 
     def add_note(self, text: str) -> None:
-        """Add a free-form note (stored in the TrainLog's notes)."""
-        self._record("add_note", "note", {"text": str(text)})
+        """Add a free-form note (stored in the TrainLog's notes; secrets in it, such as a URL's
+        credentials or a token, are redacted)."""
+        self._record("add_note", "note", {"text": redact_text(str(text))})
 
     def update_config(self, values: Mapping[str, Any]) -> None:
         """Add or change config entries (recorded as a ``config_update`` event)."""
@@ -299,6 +321,12 @@ class Run:
         self._out.submit_pending()
 
     # -- who watches
+
+    def note_dispatched(self, step: int) -> None:
+        """Note that the training loop has just called an observed step at ``step`` (the
+        default step of `log` from now on). `jaxobs.observe` calls it on the caller's
+        thread at every call; it only stores the number."""
+        self._dispatched = step
 
     def add_sink(self, sink: Any) -> None:
         """Send this run's events to ``sink`` from now on.
@@ -373,8 +401,13 @@ class Run:
           status: ``finished``, ``failed``, ``interrupted`` or ``terminated``.
           error: The exception that ended the run (its type, message, traceback are kept).
 
+        A file that cannot be written at the end (a full disk) is reported as a warning:
+        the sinks still get ``run_end`` and are closed, and the run reads back from
+        ``events.jsonl`` as far as it got.
+
         Returns:
-          The path of ``trainlog.json`` (None on a process that does not write).
+          The path of ``trainlog.json`` (None on a process that does not write, or when it
+          could not be written).
         """
         if not self._finished:
             self._lifecycle.finishing = True

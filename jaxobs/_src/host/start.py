@@ -16,6 +16,7 @@ from jaxobs._src.host.checker import HealthChecker
 from jaxobs._src.host.environment import snapshot
 from jaxobs._src.host.lifecycle import ACTIVE
 from jaxobs._src.host.recording import NullRecording, Recording
+from jaxobs._src.host.sink_worker import SinkTimeouts
 from jaxobs._src.host.run import NAME_RE, Run
 
 __all__ = ["init"]
@@ -41,6 +42,7 @@ def init(
     total_steps: int | None = None,
     queue_size: int = 1024,
     health: HealthChecker | None = None,
+    sink_timeouts: SinkTimeouts | None = None,
 ) -> Run:
     """Start a run that records into ``<dir>/<project>/<run_id>/``.
 
@@ -50,7 +52,8 @@ def init(
       project: Project name; a folder under ``dir``.
       name: Display name (default: the run id).
       config: Hyperparameters: a mapping or a dataclass. Converted to JSON as described in
-        `RunInfo`; secret-looking keys are redacted.
+        `RunInfo`; secrets are redacted (by key name, token format, URL credentials and
+        secret flags: see "Secrets" in the concepts guide).
       dir: Root folder of run directories.
       tags: Free-form tags.
       group: Group or sweep name.
@@ -60,11 +63,15 @@ def init(
       terminal: Show the rich terminal display (default: yes). It stays quiet, except for
         health alerts, when stdout is not a terminal.
       total_steps: Expected number of steps, for the progress bar's ETA.
-      queue_size: Capacity of the sinks' queue. When it is full, metrics are skipped for
-        the sinks (never for ``events.jsonl``) and other events wait up to 5 s.
+      queue_size: Capacity of each sink's queue (each sink has its own, and its own
+        thread). An event that finds a sink's queue full is skipped for that sink only
+        (never for ``events.jsonl``; a tracker bridge sends it from the file when the run
+        ends); training never waits on a sink.
       health: Health rules to apply to every record `Run.log` writes (yours and those of
         `jaxobs.observe`): the same as ``run.add_monitor(health)``, which attaches a
         supervisor with a flight recorder of the last 256 steps.
+      sink_timeouts: How long a sink's ``bind``, ``flush`` and ``close`` may take before
+        the sink is abandoned and reported (default: `SinkTimeouts()`: 30 s, 5 s, 10 s).
 
     Returns:
       The `Run`, also the active run (`active_run`) until it finishes. Use it as a context
@@ -76,8 +83,8 @@ def init(
 
     Raises:
       ValueError: a bad project, id or level, or a run directory that already exists.
-      TypeError: a config that is not a mapping or a dataclass, or a ``health`` that is not
-        a `HealthChecker`.
+      TypeError: a config that is not a mapping or a dataclass, a ``health`` that is not
+        a `HealthChecker`, or ``sink_timeouts`` that are not `SinkTimeouts`.
       jaxobs.ConfigError: a config value that cannot be stored, naming its key.
     """
     if (
@@ -93,6 +100,10 @@ def init(
     run_id = _new_run_id() if id is None else id
     if not isinstance(run_id, str) or not NAME_RE.fullmatch(run_id):
         raise ValueError(f"run id {run_id!r} must be letters, digits, '.', '_' or '-'")
+    if sink_timeouts is not None and not isinstance(sink_timeouts, SinkTimeouts):
+        raise TypeError(
+            f"sink_timeouts must be a jaxobs.SinkTimeouts, got {type(sink_timeouts).__name__}"
+        )
     if health is not None and not isinstance(health, HealthChecker):
         raise TypeError(
             f"health must be a jaxobs.HealthChecker, got {type(health).__name__}; "
@@ -123,7 +134,7 @@ def init(
     out: Recording | NullRecording = NullRecording()
     if primary:  # the only step that creates a file, after everything that can fail
         settings = {"level": level.name, "total_steps": total_steps, "dir": str(directory)}
-        out = Recording(directory, info, env, settings, queue_size)
+        out = Recording(directory, info, env, settings, queue_size, sink_timeouts)
     run = Run(info, directory, out, level=level)
     for sink in all_sinks:  # each gets run_start first; a bind may record (config, tracker)
         run.add_sink(sink)
