@@ -14,7 +14,14 @@ live here, once:
   raised.
 - **The end of a run**: the records a full queue kept from the sinks are read back from
   `events.jsonl` and sent first, then the tracker writes its last values and is finished.
-- **The sync loop**: the records the marker does not hold yet, in order.
+- **The sync loop**: the records the destination does not hold yet, in order.
+- **Exactly once**: one sender per (run, destination) at a time (`SyncLock`: a live bridge
+  holds it for the whole run, a sync while it sends); the marker is saved only after
+  `_make_durable` has made what it counts durable in the tracker's own files (and records
+  what it needs to find them again); a replay first asks `_resume_after` where the
+  destination really ends (the TensorBoard bridge cuts its files back to the marker, the
+  W&B bridge reads its `.wandb` files back), so a sync killed at any point and run again
+  sends every record exactly once.
 - **The metric budget** (`MetricBudget`, in `bridges/_budget.py`): `metrics` records reach
   `_on_metrics` as the budget lets them through (every key while the run is within it,
   per-layer roll-ups from the record that breaks it on), live and in a replay alike; the
@@ -35,6 +42,8 @@ the hooks below; only this base class calls the underscored ones. Once the sink 
 | `_finish_run`     | at `run_end`, last                      | `_close()`           |
 | `_close`          | by `close` (must be idempotent)         | (required)           |
 | `_before_replay`  | in `replay`, before the first event     | nothing              |
+| `_make_durable`   | before every marker save                | `{}`                 |
+| `_resume_after`   | in `replay`, under the lock             | the marker's point   |
 | `_end_replay`     | in `replay`, after the last event       | `close()`            |
 | `_location`       | for the `SyncResult` of `replay`        | None                 |
 """
@@ -53,7 +62,7 @@ from typing import Any, ClassVar
 from jaxobs._src.formats.events import Event
 from jaxobs._src.formats.experiment import RunInfo
 from jaxobs._src.formats.rundir import RunRecord, events_of, read_run
-from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
+from jaxobs._src.formats.sync_marker import SyncLock, SyncMarker, SyncResult
 from jaxobs.bridges._budget import BudgetMeter, MetricBudget
 
 __all__ = ["Binding", "MarkerClock", "TrackerSink"]
@@ -62,32 +71,39 @@ logger = logging.getLogger("jaxobs")
 
 
 class MarkerClock:
-    """Advances a `SyncMarker` for a live sink and saves it every `every_s` seconds, so a
-    sync after a crash sends only what the live stream had not sent.
+    """Advances a `SyncMarker` for a sink and says when it is time to save it (every
+    `every_s` seconds), so a sync after a crash sends only what had not been sent.
 
     Args:
       marker: The destination's marker.
-      every_s: How often `tick` saves it.
-      run: The live `jaxobs.Run`: records its sinks' queue skipped are not counted as sent
-        until `catch_up` has sent them.
+      every_s: How often `tick` asks for a save.
+      skipped: The ``timestamp_ns`` of the records the sink's queue skipped (they are not
+        counted as sent until `catch_up` has sent them).
+      run_dir: The run directory, whose ``events.jsonl`` `catch_up` reads.
     """
 
-    def __init__(self, marker: SyncMarker, every_s: float = 10.0, run: Any = None):
+    def __init__(
+        self,
+        marker: SyncMarker,
+        every_s: float = 10.0,
+        skipped: Callable[[], list[int]] | None = None,
+        run_dir: pathlib.Path | None = None,
+    ):
         self.marker = marker
         self.every_s = every_s
-        self.run = run
+        self.skipped = skipped or list
+        self.run_dir = run_dir
         self.caught_up = False
         self._saved = time.monotonic()
 
-    def tick(self, event: Event, info: Mapping[str, Any] | None = None) -> None:
-        """Count `event` as sent, and save the marker if `every_s` has passed."""
+    def tick(self, event: Event) -> bool:
+        """Count `event` as sent; True when `every_s` has passed since the last save."""
         self.marker.advance(event)
-        if time.monotonic() - self._saved >= self.every_s:
-            self.save(info)
+        return time.monotonic() - self._saved >= self.every_s
 
     def save(self, info: Mapping[str, Any] | None = None) -> None:
         """Write the marker, with `info` about the destination."""
-        skipped = self.run.skipped_for_sinks_ns if self.run is not None else []
+        skipped = self.skipped()
         sent = self.marker.sent_through_ns
         if skipped and not self.caught_up and sent is not None and sent >= min(skipped):
             # Not yet sent: a sync after a crash starts from the first skipped record.
@@ -109,11 +125,11 @@ class MarkerClock:
         Returns:
           How many records were sent.
         """
-        skipped = set(self.run.skipped_for_sinks_ns) if self.run is not None else set()
+        skipped = set(self.skipped())
         sent = 0
-        if skipped:
+        if skipped and self.run_dir is not None:
             # warn=False: a torn last line is expected while the run is still writing.
-            for event in events_of(read_run(self.run.dir, warn=False)):
+            for event in events_of(read_run(self.run_dir, warn=False)):
                 if event.timestamp_ns in skipped and event.type != "run_end":
                     handle(event)
                     sent += 1
@@ -154,6 +170,8 @@ class TrackerSink:
     tracker: ClassVar[str] = ""  # `jaxobs sync --to` name and the marker's file name
     label: ClassVar[str] = ""  # the tracker's name in messages
     replay_skips: ClassVar[tuple[str, ...]] = ("tracker",)  # record types a replay leaves out
+    # Whether `_make_durable` makes the marker exact, so a replay may save it as it goes.
+    durable_marker: ClassVar[bool] = False
 
     def __init__(self, budget: MetricBudget | bool | None = None) -> None:
         if budget is None or budget is True:
@@ -170,6 +188,7 @@ class TrackerSink:
         self._replaying = False  # a sync: errors are raised, not reported
         self._failed = False
         self._ended = False
+        self._lock: SyncLock | None = None  # held while this sink sends to its destination
 
     # -- hooks
 
@@ -218,6 +237,16 @@ class TrackerSink:
         """Where the tracker wrote (a W&B run directory, a log directory), for `replay`."""
         return None
 
+    def _make_durable(self) -> dict[str, Any]:
+        """Make everything sent so far durable in the tracker's files, before the marker
+        says so; returns what the marker's info should record to find it again."""
+        return {}
+
+    def _resume_after(self, marker: SyncMarker) -> int | None:
+        """The ``timestamp_ns`` after which the destination lacks records (None: all of
+        them), found under the destination's lock before a replay sends anything."""
+        return marker.sent_through_ns
+
     # -- the bound run
 
     @property
@@ -250,7 +279,11 @@ class TrackerSink:
     # -- live
 
     def bind(self, run: Any) -> None:
-        """Open the tracker for the jaxobs `run`; called by `jaxobs.init`."""
+        """Open the tracker for the jaxobs `run`; called by `jaxobs.init`.
+
+        Raises:
+          jaxobs.SyncBusyError: another process sends this run to the same destination.
+        """
         self._open(run.info, run.dir, run=run)
         self._bound(run)
         run.emit("tracker", **self.describe())
@@ -264,10 +297,21 @@ class TrackerSink:
     ) -> None:
         path = pathlib.Path(run_dir)
         destination = self._start(info, path, marker)
-        if marker is None:
-            clock = MarkerClock(SyncMarker(path, self.tracker, destination), run=run)
-        else:  # a replay saves its marker once, when the tracker has everything
-            clock = MarkerClock(marker, every_s=math.inf, run=run)
+        if marker is None:  # live: this sink is the destination's one sender until it closes
+            self._lock = SyncLock(path, self.tracker, destination)
+            try:
+                self._lock.acquire()
+            except BaseException:
+                self._lock = None
+                self._close()
+                raise
+            skipped = _skipped_for(run, self)
+            clock = MarkerClock(
+                SyncMarker(path, self.tracker, destination), skipped=skipped, run_dir=path
+            )
+        else:  # a replay saves as it goes only when the marker is exact
+            every = 10.0 if self.durable_marker else math.inf
+            clock = MarkerClock(marker, every_s=every, run_dir=path)
         self._binding = Binding(info, path, clock)
         self._meter = self.budget.meter() if self.budget is not None else None
 
@@ -289,8 +333,9 @@ class TrackerSink:
             self._failed = True
             self._report(e, event)
             return
-        if self._binding is not None and event.type != "run_end":
-            self._binding.clock.tick(event, self._marker_info())
+        binding = self._binding
+        if binding is not None and event.type != "run_end" and binding.clock.tick(event):
+            self._save_marker()
 
     def _within_budget(self, event: Event) -> Event:
         """A `metrics` event as the budget lets it through; the first roll-up is said once."""
@@ -358,9 +403,12 @@ class TrackerSink:
         self._finish_run(event)
 
     def _save_marker(self, info: Mapping[str, Any] | None = None) -> None:
-        """Save the marker now (with `info`, by default `_marker_info()`)."""
+        """Make what was sent durable, then save the marker (with `info`, by default
+        `_marker_info()`)."""
         if self._binding is not None:
-            self._binding.clock.save(self._marker_info() if info is None else info)
+            info = dict(self._marker_info() if info is None else info)
+            info.update(self._make_durable())
+            self._binding.clock.save(info)
 
     def close(self) -> None:
         """Release the tracker (the run ended, or the run's dispatcher is shutting down).
@@ -373,35 +421,38 @@ class TrackerSink:
             if self._replaying:
                 raise
             logger.warning("jaxobs: closing %s failed: %s: %s", self.label, type(e).__name__, e)
+        finally:
+            if self._lock is not None and not self._replaying:
+                self._lock.release()
 
     # -- later
 
-    def replay(self, record: RunRecord, marker: SyncMarker) -> SyncResult:
+    def replay(self, record: RunRecord, marker: SyncMarker, wait_s: float = 0.0) -> SyncResult:
         """Send the records of `record` that `marker`'s destination lacks, in order (a sync).
 
-        Errors are raised, not reported. The marker is saved when the tracker has them all,
-        so running it twice sends nothing the second time.
+        Errors are raised, not reported. It holds the destination's `SyncLock` while it
+        sends, so a second sync (or a live bridge) of the same destination waits or is
+        refused; running it twice, or again after it was killed, sends every record once.
 
         Args:
           record: The run directory, read with `read_run`.
-          marker: The destination's marker.
+          marker: The destination's marker (read again under the lock).
+          wait_s: How long to wait for another sender of this destination to finish.
 
         Returns:
           What was sent.
+
+        Raises:
+          jaxobs.SyncBusyError: another process still sends there after ``wait_s``.
         """
-        after = marker.sent_through_ns
-        events = [e for e in events_of(record, after) if e.type not in self.replay_skips]
-        if events:
-            self._replaying = True
-            self._open(record.info, record.dir, marker)
-            if self._meter is not None and after is not None:  # the budget as it was live
-                for event in events_of(record):
-                    if event.type == "metrics" and event.timestamp_ns <= after:
-                        self._meter.send(event.metrics, event.step, event.timestamp_ns / 1e9)
-            self._before_replay(record)
-            for event in events:
-                self.handle_event(event)
-            self._end_replay(record)
+        with SyncLock(record.dir, self.tracker, marker.destination, wait_s):
+            marker.reload()
+            after = self._resume_after(marker)
+            if after != marker.sent_through_ns:
+                marker.sent_through_ns = after
+            events = [e for e in events_of(record, after) if e.type not in self.replay_skips]
+            if events:
+                self._replay(record, marker, after, events)
         return SyncResult(
             self.tracker,
             marker.destination,
@@ -410,3 +461,27 @@ class TrackerSink:
             self._location(marker),
             record.status,
         )
+
+    def _replay(
+        self, record: RunRecord, marker: SyncMarker, after: int | None, events: list[Event]
+    ) -> None:
+        self._replaying = True
+        self._open(record.info, record.dir, marker)
+        if self._meter is not None and after is not None:  # the budget as it was live
+            for event in events_of(record):
+                if event.type == "metrics" and event.timestamp_ns <= after:
+                    self._meter.send(event.metrics, event.step, event.timestamp_ns / 1e9)
+        self._before_replay(record)
+        for event in events:
+            self.handle_event(event)
+        self._end_replay(record)
+
+
+def _skipped_for(run: Any, sink: Any) -> Callable[[], list[int]]:
+    """What the live `run`'s dispatcher skipped for `sink` (its queue was full)."""
+    if run is None:
+        return list
+    per_sink = getattr(run, "skipped_for", None)
+    if callable(per_sink):
+        return lambda: per_sink(sink)
+    return lambda: list(run.skipped_for_sinks_ns)

@@ -26,9 +26,14 @@ What the event files hold:
   scalar values with the final value of every `train/*`, `val/*`, `test/*` and
   `eval/*` metric.
 
-TensorBoard's `flush()` is not a barrier; `close()` is, and the sink closes its writer
-when the run ends. A failure is reported once and never stops training; `jaxobs sync`
-writes what the live stream had not.
+The sink writes its event files itself, on its own thread (tensorboardX's record format
+and protobufs, not its asynchronous `SummaryWriter`, whose `flush()` is not a barrier):
+every `flush_secs` seconds it fsyncs them and saves the sync marker with each file's size,
+so the marker never counts a record the files do not hold. A sync first cuts this run's
+files back to what the marker recorded (and removes those written by a sender killed before
+its first save), then writes the rest: killed at any point and run again, it writes every
+record once. A failure is reported once and never stops training; `jaxobs sync` writes
+what the live stream had not.
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ import math
 import os
 import pathlib
 import struct
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,9 +52,10 @@ from jaxobs._src.device.keys import flatten_mapping
 from jaxobs._src.formats.events import Event
 from jaxobs._src.formats.experiment import RunInfo
 from jaxobs._src.formats.rundir import RunRecord, read_run
-from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
+from jaxobs._src.formats.sync_marker import SyncMarker, SyncMarkerError, SyncResult
 from jaxobs._src.host.alerts import SEVERITY_CODE
 from jaxobs.bridges._budget import MetricBudget
+from jaxobs.bridges._tb_files import EventFiles, reconcile, run_tag
 from jaxobs.bridges._tracker import TrackerSink
 
 __all__ = ["MetricBudget", "TensorBoardSink", "sync"]
@@ -94,13 +99,15 @@ class TensorBoardSink(TrackerSink):
       logdir: Where the event files go (default: `<run dir>/tensorboard`).
       histograms: Write histograms (default True).
       hparams: Write the hparams summary when the run ends (default True).
-      flush_secs: How often tensorboardX writes to disk (the run's end always does).
+      flush_secs: How often the files are fsynced and the sync marker saved (the run's
+        end always does both).
       budget: A `MetricBudget` (default: `MetricBudget()`), or False to write every key:
         past it, scalars are rolled up per layer (`events.jsonl` keeps all).
     """
 
     tracker = "tensorboard"
     label = "TensorBoard"
+    durable_marker = True
 
     def __init__(
         self,
@@ -108,7 +115,7 @@ class TensorBoardSink(TrackerSink):
         *,
         histograms: bool = True,
         hparams: bool = True,
-        flush_secs: int = 10,
+        flush_secs: float = 10.0,
         budget: MetricBudget | bool | None = None,
     ):
         super().__init__(budget)
@@ -116,7 +123,8 @@ class TensorBoardSink(TrackerSink):
         self.histograms = histograms
         self.hparams = hparams
         self.flush_secs = flush_secs
-        self.writer: Any = None
+        self.writer: EventFiles | None = None
+        self._known: dict[str, int] = {}  # this run's files as a replay found them
         self._final: dict[str, float] = {}
         self._config: dict[str, Any] = {}
 
@@ -134,19 +142,55 @@ class TensorBoardSink(TrackerSink):
     def _marker_info(self) -> dict[str, Any]:
         return {"logdir": str(self.logdir)}
 
+    def _make_durable(self) -> dict[str, Any]:
+        if self.writer is None:
+            return {}
+        return {"files": self.writer.flush()}
+
+    def _resume_after(self, marker: SyncMarker) -> int | None:
+        logdir = self.logdir or pathlib.Path(str(marker.info.get("logdir")))
+        files = marker.info.get("files", {})
+        if not isinstance(files, dict):
+            raise SyncMarkerError(
+                f"{marker.path}: destinations[{marker.destination!r}].info.files: expected an "
+                f"object of event files and their sizes, got {type(files).__name__}; move the "
+                "marker away and the next sync writes the whole run again"
+            )
+        self._known = reconcile(logdir, run_tag(marker.path.parent.parent), files)
+        return marker.sent_through_ns
+
     def _start(self, info: RunInfo, run_dir: pathlib.Path, marker: SyncMarker | None) -> str:
-        tbx = _tensorboardx()
+        _tensorboardx()
         if self.logdir is None:
             self.logdir = run_dir / "tensorboard"
         self.logdir = self.logdir.absolute()
         self.logdir.mkdir(parents=True, exist_ok=True)
-        # A unique suffix: two writers opened in the same second never share a file.
-        suffix = f".{os.getpid()}.{time.time_ns()}"
-        self.writer = tbx.SummaryWriter(
-            str(self.logdir), flush_secs=self.flush_secs, filename_suffix=suffix
-        )
+        self.writer = EventFiles(self.logdir, run_tag(run_dir), self._known)
         self._config = dict(info.config)
         return _destination(self.logdir, run_dir)
+
+    def _open(self, info: RunInfo, run_dir: Any, marker: Any = None, run: Any = None) -> None:
+        super()._open(info, run_dir, marker, run)
+        if self._binding is not None:
+            self._binding.clock.every_s = min(self._binding.clock.every_s, self.flush_secs)
+
+    # -- writing
+
+    def _files(self) -> EventFiles:
+        if self.writer is None:
+            raise RuntimeError("this TensorBoard sink is not open")
+        return self.writer
+
+    def _add_scalar(self, tag: str, value: float, global_step: int, walltime: float) -> None:
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
+        self._files().add_summary(summary, global_step, walltime)
+
+    def _add_text(self, tag: str, text: str, global_step: int, walltime: float) -> None:
+        from tensorboardX.summary import text as text_summary
+
+        self._files().add_summary(text_summary(tag, text), global_step, walltime)
 
     # -- events
 
@@ -161,12 +205,12 @@ class TensorBoardSink(TrackerSink):
             lines.append(f"group: {run.group}")
         if run.tags:
             lines.append("tags: " + ", ".join(run.tags))
-        self.writer.add_text("run", "  \n".join(lines), **self._when(event))
+        self._add_text("run", "  \n".join(lines), **self._when(event))
         self._write_config(event)
 
     def _write_config(self, event: Event) -> None:
         text = json.dumps(self._config, indent=2, sort_keys=True, default=str)
-        self.writer.add_text("config", "```\n" + text + "\n```", **self._when(event))
+        self._add_text("config", "```\n" + text + "\n```", **self._when(event))
 
     def _on_config_update(self, event: Event) -> None:
         self._config.update(event.data.get("config", {}))
@@ -185,15 +229,13 @@ class TensorBoardSink(TrackerSink):
         self._add_summary(Summary(value=values), **self._when(event))
 
     def _add_summary(self, summary: Any, global_step: int, walltime: float) -> None:
-        # `file_writer` is the SummaryWriter's public FileWriter; tensorboardX sets it to None
-        # only in close(), and this sink drops its writer when it closes it.
-        self.writer.file_writer.add_summary(summary, global_step, walltime)
+        self._files().add_summary(summary, global_step, walltime)
 
     def _on_epoch_end(self, event: Event) -> None:
         when = self._when(event)
         for key, value in event.metrics.items():
             if isinstance(value, (int, float)):
-                self.writer.add_scalar(key, float(value), **when)
+                self._add_scalar(key, float(value), **when)
 
     def _on_histograms(self, event: Event) -> None:
         if not self.histograms:
@@ -208,7 +250,9 @@ class TensorBoardSink(TrackerSink):
                 total = sum(c * x for c, x in zip(counts, centres, strict=True))
             if squares is None:
                 squares = sum(c * x * x for c, x in zip(counts, centres, strict=True))
-            self.writer.add_histogram_raw(
+            from tensorboardX.summary import histogram_raw
+
+            summary = histogram_raw(
                 name,
                 min=edges[0],
                 max=edges[-1],
@@ -217,21 +261,21 @@ class TensorBoardSink(TrackerSink):
                 sum_squares=squares,
                 bucket_limits=edges[1:],
                 bucket_counts=counts,
-                **when,
             )
+            self._add_summary(summary, **when)
 
     def _on_health_check(self, event: Event) -> None:
         when = self._when(event)
         rule = str(event.data.get("rule", "alert"))
         severity = str(event.severity or "info").lower()
-        self.writer.add_scalar(f"health/alert/{rule}", SEVERITY_CODE.get(severity, 1), **when)
-        self.writer.add_text(
+        self._add_scalar(f"health/alert/{rule}", SEVERITY_CODE.get(severity, 1), **when)
+        self._add_text(
             "health/alerts", f"**{severity.upper()}** `{rule}`: {event.message or ''}", **when
         )
 
     def _on_crash_dump(self, event: Event) -> None:
         when = self._when(event)
-        self.writer.add_text("health/crash_dump", str(event.data.get("path")), **when)
+        self._add_text("health/crash_dump", str(event.data.get("path")), **when)
         plot = event.data.get("plot")
         if plot and pathlib.Path(plot).is_file():
             self._add_png("health/failure_signature", pathlib.Path(plot).read_bytes(), **when)
@@ -246,7 +290,7 @@ class TensorBoardSink(TrackerSink):
         self._add_summary(summary, global_step, walltime)
 
     def _on_note(self, event: Event) -> None:
-        self.writer.add_text("notes", str(event.data.get("text", "")), **self._when(event))
+        self._add_text("notes", str(event.data.get("text", "")), **self._when(event))
 
     # -- ending
 
@@ -254,17 +298,26 @@ class TensorBoardSink(TrackerSink):
         if self.hparams:
             hparams = _hparams(self._config) or {"run_id": self.run_info.run_id}
             metrics = dict(self._final)
-            self.writer.add_hparams(hparams, metrics, name=HPARAMS_DIR, global_step=event.step)
+            from tensorboardX.proto.summary_pb2 import Summary
+            from tensorboardX.summary import hparams as hparams_summaries
+
+            files, now = self._files(), event.timestamp_ns / 1e9
+            for summary in hparams_summaries(hparams, metrics):  # experiment, session start/end
+                files.add_summary(summary, 0, now, sub=HPARAMS_DIR)
+            for key, value in metrics.items():
+                scalar = Summary(value=[Summary.Value(tag=key, simple_value=value)])
+                files.add_summary(scalar, event.step or 0, now, sub=HPARAMS_DIR)
 
     def _close(self) -> None:
-        """Close the writer (the run ended, or the run's dispatcher is shutting down)."""
-        writer, self.writer = self.writer, None
-        if writer is not None:
-            writer.close()
-            self._save_marker()  # after close: what the marker says is on disk, is
+        """Close the files (the run ended, or the run's dispatcher is shutting down), then
+        save the marker: what it says is on disk, is."""
+        if self.writer is not None:
+            self._save_marker()  # flushes and fsyncs the files first
+            self.writer.close()
+            self.writer = None
 
     def flush(self) -> None:
-        """Hand what the writer holds to the event file (not a barrier: `close` is)."""
+        """Write what was sent to the event files and fsync them."""
         if self.writer is not None and not self._failed:
             self.writer.flush()
 
@@ -286,21 +339,34 @@ def _destination(logdir: pathlib.Path, run_dir: pathlib.Path) -> str:
     return str(logdir.resolve())
 
 
-def sync(run_dir: str | os.PathLike, *, logdir: str | os.PathLike | None = None) -> SyncResult:
+def sync(
+    run_dir: str | os.PathLike,
+    *,
+    logdir: str | os.PathLike | None = None,
+    wait_s: float = 0.0,
+    flush_secs: float = 10.0,
+    budget: MetricBudget | bool | None = None,
+) -> SyncResult:
     """Write a run directory (finished, failed or killed mid-way) as TensorBoard event files.
 
-    Only records this log directory has not received are written: running it twice writes
-    nothing the second time.
+    Only records this log directory has not received are written, exactly once: running it
+    twice writes nothing the second time, and a sync killed at any point, run again, cuts
+    this run's files back to what its marker recorded and writes the rest. One sync (or
+    live sink) at a time writes a run to one log directory; another waits ``wait_s``.
 
     Args:
       run_dir: A jaxobs run directory.
       logdir: Where to write (default: `<run_dir>/tensorboard`).
+      wait_s: How long to wait for another sender of this run and log directory.
+      flush_secs: How often the files are fsynced and the marker saved while it writes.
+      budget: A `MetricBudget` (default: the live sink's default), or False: every key.
 
     Returns:
       What was written, and the log directory.
 
     Raises:
       jaxobs.RunDirError: not a run directory.
+      jaxobs.SyncBusyError: another process still writes there after ``wait_s``.
       ImportError: tensorboardX is not installed.
     """
     record = read_run(pathlib.Path(run_dir).absolute())
@@ -309,6 +375,6 @@ def sync(run_dir: str | os.PathLike, *, logdir: str | os.PathLike | None = None)
         if logdir is not None
         else record.dir.absolute() / "tensorboard"
     )
-    sink = TensorBoardSink(target)
+    sink = TensorBoardSink(target, flush_secs=flush_secs, budget=budget)
     marker = SyncMarker(record.dir, sink.tracker, _destination(target, record.dir))
-    return sink.replay(record, marker)
+    return sink.replay(record, marker, wait_s=wait_s)

@@ -59,7 +59,8 @@ def test_save_writes_a_string_schema_version_and_keeps_other_destinations(tmp_pa
     entry = data["destinations"]["proj/run1"]
     assert (entry["sent_through_ns"], entry["records"], entry["last_step"]) == (2000, 2, 4)
     assert entry["info"] == {"dir": "/x"}
-    assert sorted(p.name for p in path.parent.iterdir()) == ["wandb.json"]  # no temp file
+    names = sorted(p.name for p in path.parent.iterdir())
+    assert names == ["wandb.json", "wandb.json.lock"]  # no temp file (the lock stays)
     again = SyncMarker(tmp_path, "wandb", "proj/run1")
     assert (again.sent_through_ns, again.records, again.last_step) == (2000, 2, 4)
 

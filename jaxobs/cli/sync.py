@@ -31,6 +31,14 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="W&B mode (default: WANDB_MODE, else online with credentials, offline without)",
     )
     sync.add_argument("--logdir", help="TensorBoard log directory (default: RUN/tensorboard)")
+    sync.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another sync (or a live run) sending the same run there "
+        "to finish (default: 0, refuse at once)",
+    )
     return sync
 
 
@@ -41,6 +49,8 @@ def run(args: argparse.Namespace) -> None:
       ValueError: an option of the other tracker (`--logdir` with wandb, `--id` with
         tensorboard).
     """
+    if not args.wait >= 0:
+        raise ValueError(f"--wait: expected a number of seconds >= 0, got {args.wait}")
     wandb_only = [f"--{n}" for n in _WANDB_ONLY if getattr(args, n)]
     if args.to == "tensorboard" and wandb_only:
         raise ValueError(f"{', '.join(wandb_only)} apply to --to wandb only")
@@ -52,12 +62,17 @@ def run(args: argparse.Namespace) -> None:
             from jaxobs.bridges import wandb as wandb_bridge
 
             result = wandb_bridge.sync(
-                args.run, project=args.project, entity=args.entity, id=args.id, mode=args.mode
+                args.run,
+                project=args.project,
+                entity=args.entity,
+                id=args.id,
+                mode=args.mode,
+                wait_s=args.wait,
             )
         else:
             from jaxobs.bridges import tensorboard as tensorboard_bridge
 
-            result = tensorboard_bridge.sync(args.run, logdir=args.logdir)
+            result = tensorboard_bridge.sync(args.run, logdir=args.logdir, wait_s=args.wait)
     for w in caught:
         if w.category.__name__ == "RunDirWarning":
             print(f"jaxobs: warning: {w.message}", file=sys.stderr)

@@ -12,15 +12,26 @@ The file (``"format": "jaxobs.sync"``, ``"schema_version": "1.0"``) is read with
 field reader and version check; markers written by older jaxobs, with the integer
 ``"version": 1``, still read. Nothing here imports a tracker: the bridges
 (`jaxobs.bridges.wandb`, `jaxobs.bridges.tensorboard`) do.
+
+**One sender per destination** (`SyncLock`): whoever sends a run to a destination (a live
+bridge for the whole run, a ``jaxobs sync``) holds an exclusive lock on
+``<run dir>/sync/<tracker>.<key>.lock`` (``flock``: released by the kernel when the process
+dies, ``kill -9`` included); a second sender waits for it up to a limit, then is refused
+with `SyncBusyError`. The marker file itself is rewritten under a short lock of its own, so
+senders to two destinations of one tracker never lose each other's entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
 import os
 import pathlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from jaxobs._src.formats.codec import kind_of, load_json_file, write_text_atomic
@@ -39,6 +50,8 @@ __all__ = [
     "MARKER_DIR",
     "MARKER_FORMAT",
     "MARKER_VERSION",
+    "SyncBusyError",
+    "SyncLock",
     "SyncMarker",
     "SyncMarkerError",
     "SyncResult",
@@ -64,6 +77,99 @@ _NOT_A_MARKER = (
     "jaxobs keeps sync/<tracker>.json to record what it sent to that tracker; move this file "
     "away and the next sync sends the whole run again"
 )
+
+
+class SyncBusyError(SyncMarkerError):
+    """Another process is sending this run to the same destination (a live bridge or a
+    ``jaxobs sync``); the message names the destination and that process."""
+
+
+@contextlib.contextmanager
+def _flock(path: pathlib.Path, wait_s: float, busy: str | None = None) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on ``path`` (created), waiting up to ``wait_s``.
+
+    Raises:
+      SyncBusyError: still held by another process after ``wait_s`` (``busy`` names it).
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                    raise SyncBusyError(
+                        f"{busy or path}: another process{f' ({holder})' if holder else ''} "
+                        f"is sending this run there (lock {path}); wait for it to end, or "
+                        "give a longer wait"
+                    ) from None
+                time.sleep(0.05)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class SyncLock:
+    """The exclusive right to send a run to one destination of a tracker.
+
+    Use it as a context manager, or `acquire` / `release` (a live bridge holds it for the
+    whole run). The kernel releases it when the holding process dies.
+
+    Args:
+      run_dir: The run directory.
+      tracker: ``"wandb"`` or ``"tensorboard"``.
+      destination: The destination's key in the marker.
+      wait_s: How long `acquire` waits for another sender to finish.
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike, tracker: str, destination: str, wait_s: float = 0.0
+    ):
+        key = hashlib.sha1(destination.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        self.path = pathlib.Path(run_dir) / MARKER_DIR / f"{tracker}.{key}.lock"
+        self.what = f"{tracker} {destination}"
+        self.wait_s = wait_s
+        self._held: contextlib.ExitStack | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._held is not None
+
+    def acquire(self) -> None:
+        """Take the lock (waiting up to ``wait_s``).
+
+        Raises:
+          SyncBusyError: another process holds it.
+        """
+        if self._held is not None:
+            return
+        stack = contextlib.ExitStack()
+        fd = stack.enter_context(_flock(self.path, self.wait_s, self.what))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self._held = stack
+
+    def release(self) -> None:
+        """Give the lock back (nothing when it is not held)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
+
+    def __enter__(self) -> SyncLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +211,10 @@ class SyncMarker:
         self.path = pathlib.Path(run_dir) / MARKER_DIR / f"{tracker}.json"
         self.tracker = tracker
         self.destination = destination
+        self.reload()
+
+    def reload(self) -> None:
+        """Read this destination's entry again from disk (after taking its `SyncLock`)."""
         entry = self._entry()
         self.sent_through_ns: int | None = entry.get("sent_through_ns")
         self.records: int = entry.get("records", 0)
@@ -171,20 +281,23 @@ class SyncMarker:
     def save(self, **info: Any) -> None:
         """Write the marker (atomically: a crash leaves the old one or the new one)."""
         self.info.update({k: v for k, v in info.items() if v is not None})
-        destinations = self._load()
-        destinations[self.destination] = {
+        entry = {
             "sent_through_ns": self.sent_through_ns,
             "records": self.records,
             "last_step": self.last_step,
             "updated_ns": time.time_ns(),
             "info": to_config(self.info, "sync marker"),
         }
-        data = {
-            "format": MARKER_FORMAT,
-            "schema_version": MARKER_VERSION,
-            "destinations": destinations,
-        }
-        write_text_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
+        # The other destinations' entries are read and written back under the file's lock.
+        with _flock(self.path.with_name(self.path.name + ".lock"), 30.0):
+            destinations = self._load()
+            destinations[self.destination] = entry
+            data = {
+                "format": MARKER_FORMAT,
+                "schema_version": MARKER_VERSION,
+                "destinations": destinations,
+            }
+            write_text_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _check_marker_version(data: dict[str, Any], source: str) -> str:
