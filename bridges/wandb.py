@@ -18,9 +18,11 @@ jaxobs sync runs/digits/<run id> --to wandb            # or sync(run_dir) from P
 What a W&B run receives:
 
 - every `metrics` record as one `run.log` row with its own `trainer/step` (and the
-  record's time as `_timestamp`); `define_metric("*", step_metric="trainer/step")` makes
-  that the x-axis, and `step=` is never passed, so late validation rows and replays are
-  never dropped;
+  record's time as `_timestamp`, and as the hidden integer `_jaxobs_ns` that a sync reads
+  back); `define_metric("*", step_metric="trainer/step")` makes that the x-axis, and
+  `step=` is never passed, so late validation rows and replays are never dropped. A metric
+  named like a key W&B or the bridge owns (`trainer/step`, any key starting with `_`) is
+  sent as `jaxobs/<name>`, said once;
 - best values in `run.summary`: `min` or `max` where the metric's name says which is
   better (the rule of `jaxobs show`: `train/loss`, `val/error_rate` and
   `perf/step_time_s` are minimised, `val/accuracy` and `eval/f1` maximised), and whatever
@@ -29,14 +31,18 @@ What a W&B run receives:
 - health alerts as `health/alert/<rule>` scalars (1 info, 2 warning, 3 danger, 4 critical)
   and a `health/alerts` table; critical ones through `wandb.alert` if `alerts=True`;
 - the crash dump's failure-signature plot as an image, and files attached to the run
-  (`trainlog.json` at the end, crash dumps, checkpoints) as artifacts;
+  (`trainlog.json` at the end, crash dumps, checkpoints) as artifacts named by their jaxobs
+  name (every run's `model` is a version of one W&B artifact), with the record as
+  metadata; a sync sends only files inside the run directory;
 - the run's config at init; config updates as they happen.
 
 Values reach the bridge as host numbers on the run's dispatch thread: W&B never makes the
 training loop wait. A W&B failure (wandb not installed, an init error, an exception in a
 log call) is reported once and never stops training; the run directory stays complete and
-`jaxobs sync` sends it later, starting after what the live stream had sent (the sync
-marker, `<run dir>/sync/wandb.json`).
+`jaxobs sync` sends it later: the records that W&B's own files of this run lack (read back
+from the `.wandb` files, `_wandb_files.py`), else those after the sync marker
+(`<run dir>/sync/wandb.json`). A run that did not finish is finished in W&B with exit code
+1 and its status (`jaxobs/status`) in the summary.
 """
 
 from __future__ import annotations
@@ -44,10 +50,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import netrc
 import os
 import pathlib
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +63,16 @@ from jaxobs._src.formats.sync_marker import SyncMarker, SyncResult
 from jaxobs._src.host.alerts import SEVERITY_CODE
 from jaxobs.bridges._budget import MetricBudget
 from jaxobs.bridges._tracker import TrackerSink
+from jaxobs.bridges._wandb_files import MARK_KEY, NS_KEY, resume
+from jaxobs.bridges._wandb_parts import (
+    confined,
+    describe_run,
+    has_credentials,
+    make_artifact,
+    safe_keys,
+    staging,
+    wandb_id,
+)
 
 if TYPE_CHECKING:  # wandb is optional and imported where used
     from wandb import Run as WandbRun
@@ -68,10 +82,9 @@ __all__ = ["MetricBudget", "WandbSink", "sync"]
 logger = logging.getLogger("jaxobs")
 
 STEP_KEY = "trainer/step"
-_ARTIFACT_TYPES = {"crash_dump": "crash", "checkpoint": "model", "image": "image"}
 _GOALS = ("min", "max", "mean", "last", "best", "none")
-# The W&B data dir we set for the previous run: a value the user set is never replaced.
-_data_dir_set: str | None = None
+# The W&B runs that sinks started and have not finished, by id(): never adopted by another.
+_STARTED: dict[int, Any] = {}
 
 
 def _wandb() -> Any:  # the wandb module, imported on first use
@@ -82,40 +95,16 @@ def _wandb() -> Any:  # the wandb module, imported on first use
     return wandb
 
 
-def _has_credentials() -> bool:
-    """Whether W&B could log in without asking: an API key in the environment or netrc."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    host = re.sub(r"^https?://", "", base).split("/")[0].split(":")[0]
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def _wandb_id(run_id: str) -> str:
-    """A jaxobs run id as a W&B run id (which allows letters, digits, `-`, `_`, `.`)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", run_id)[:64]
-
-
-def _stage_data_dir(run_dir: pathlib.Path) -> None:
-    """Stage W&B artifacts inside the run directory, unless the user chose a data dir."""
-    global _data_dir_set
-    data_dir = str(run_dir / "wandb" / "data")
-    if os.environ.get("WANDB_DATA_DIR") in (None, "", _data_dir_set):
-        os.environ["WANDB_DATA_DIR"] = _data_dir_set = data_dir
-
-
 class WandbSink(TrackerSink):
     """A jaxobs sink that streams a run to Weights & Biases.
 
     Pass it to `jaxobs.init` (`sinks=[WandbSink()]`) or to `jaxobs.Run.add_sink`. When the
-    run starts, the sink adopts the active `wandb.run` if there is one (and leaves
-    finishing it to you), else starts one from the jaxobs run's project, name, config, tags,
-    group and directory. It honours `WANDB_MODE`, `WANDB_DIR`, `WANDB_PROJECT` and
-    `WANDB_RUN_ID`, and sets `WANDB_DATA_DIR` inside the run directory (unless you set
-    it) so that artifacts are staged with the run.
+    run starts, the sink adopts the active `wandb.run` if you started one (and leaves
+    finishing it to you), else starts a W&B run of its own from the jaxobs run's project,
+    name, config, tags, group and directory: several jaxobs runs open in one process each
+    log to their own W&B run. It honours `WANDB_MODE`, `WANDB_DIR`, `WANDB_PROJECT` and
+    `WANDB_RUN_ID`, and stages artifacts inside the run directory (`<run>/wandb/data`,
+    unless you set `WANDB_DATA_DIR`).
 
     Under a W&B sweep agent, the sweep's hyperparameters override the config's defaults in
     W&B; the sink copies them back into the jaxobs run's config (a `config_update`
@@ -182,6 +171,9 @@ class WandbSink(TrackerSink):
         self.sweep_id: str | None = None
         self._owns = False
         self._defined: set[str] = set()
+        self._renamed: set[str] = set()  # reserved keys already warned about
+        self._record: RunRecord | None = None  # the run a replay sends
+        self._durable: set[int] = set()  # in a replay: the records W&B's files hold
         self._alert_rows: list[list[Any]] = []
         self._described: dict[str, Any] | None = None
 
@@ -212,20 +204,23 @@ class WandbSink(TrackerSink):
     def describe(self) -> dict[str, Any]:
         """Where this sink sends the run: tracker, project, id, mode, directory, sweep."""
         if self._described is None:
-            self._described = _describe(self.wandb_run, self.sweep_id)
+            self._described = describe_run(self.wandb_run, self.sweep_id)
         return dict(self._described)
 
     def _start(self, info: RunInfo, run_dir: pathlib.Path, marker: SyncMarker | None) -> str:
         wandb = _wandb()
-        if wandb.run is not None and not self._replaying:
+        user_run = wandb.run is not None and id(wandb.run) not in _STARTED
+        if user_run and not self._replaying:  # the user's own run, not another sink's
             wrun, self._owns = wandb.run, False
         else:
-            _stage_data_dir(run_dir)
             resume = "allow" if marker is not None and marker.sent_through_ns is not None else None
-            kwargs = _init_kwargs(self, wandb, info, run_dir, resume, self._replaying)
+            # Another run open in this process (the user's, another sink's): a run of its own.
+            create_new = self._replaying or wandb.run is not None or bool(_STARTED)
+            kwargs = _init_kwargs(self, wandb, info, run_dir, resume, create_new)
             if kwargs.get("dir"):
                 pathlib.Path(kwargs["dir"]).mkdir(parents=True, exist_ok=True)
             wrun, self._owns = wandb.init(**kwargs), True
+            _STARTED[id(wrun)] = wrun
         self.wandb_run, self._described = wrun, None
         self.sweep_id = getattr(wrun, "sweep_id", None) or os.environ.get("WANDB_SWEEP_ID")
         wrun.define_metric(STEP_KEY)
@@ -237,10 +232,15 @@ class WandbSink(TrackerSink):
     def _log(self, event: Event, row: dict[str, Any]) -> None:
         row[STEP_KEY] = event.step if event.step is not None else 0
         row["_timestamp"] = event.timestamp_ns / 1e9
+        row[NS_KEY] = event.timestamp_ns  # what a replay reads back (_wandb_files.py)
         self._wrun().log(row)
 
+    def _mark(self, event: Event) -> None:
+        """Record in W&B's files that `event`, which made no history row, was handled."""
+        self._wrun().summary[MARK_KEY] = event.timestamp_ns
+
     def _on_metrics(self, event: Event) -> None:
-        values = dict(event.metrics)
+        values = safe_keys(dict(event.metrics), self._renamed)
         for key in values:
             if key not in self._defined:
                 self._defined.add(key)
@@ -256,10 +256,11 @@ class WandbSink(TrackerSink):
         row = {}
         for name, h in event.data.get("values", {}).items():
             row[name] = wandb.Histogram(np_histogram=(list(h["counts"]), list(h["edges"])))
-        self._log(event, row)
+        self._log(event, safe_keys(row, self._renamed))
 
     def _on_epoch_end(self, event: Event) -> None:
         row = {k: float(v) for k, v in event.metrics.items() if isinstance(v, (int, float))}
+        row = safe_keys(row, self._renamed)
         if event.epoch is not None:
             row["epoch"] = event.epoch
         self._log(event, row)
@@ -276,41 +277,51 @@ class WandbSink(TrackerSink):
             {f"health/alert/{rule}": SEVERITY_CODE.get(severity, 1), "health/alerts": table},
         )
         if self.alerts and severity == "critical":
-            wandb.alert(
+            self._wrun().alert(
                 title=f"jaxobs: {rule} at step {event.step}",
                 text=message,
                 level=wandb.AlertLevel.ERROR,
             )
 
+    def _confined(self, path: Any, what: str) -> pathlib.Path | None:
+        """`path` if this sink may send it (inside the run directory, or given live)."""
+        return confined(str(path), self.run_dir, live=not self._replaying, what=what)
+
     def _on_crash_dump(self, event: Event) -> None:
         plot = event.data.get("plot")
-        if plot and pathlib.Path(plot).is_file():
+        plot = self._confined(plot, "failure-signature plot") if plot else None
+        if plot is not None and plot.is_file():
             with contextlib.suppress(ImportError):  # wandb.Image needs pillow
                 self._log(event, {"health/failure_signature": _wandb().Image(str(plot))})
         self._wrun().summary["health/crash_dump"] = str(event.data.get("path"))
+        self._mark(event)
 
     def _on_artifact(self, event: Event) -> None:
         if not self.artifacts:
             return
         record = dict(event.data.get("artifact", {}))
-        path = pathlib.Path(record.get("path", ""))
-        if not path.is_absolute():
-            path = self.run_dir / path
+        name = str(record.get("name") or pathlib.Path(str(record.get("path", ""))).name)
+        path = self._confined(record.get("path", ""), f"artifact {name!r}")
         kind = str(record.get("kind") or "file")
-        paths = [path]
-        if kind == "crash_dump":  # the dump's checkpoint goes with it
+        paths = [path] if path is not None else []
+        if kind == "crash_dump" and path is not None:  # the dump's checkpoint goes with it
             with contextlib.suppress(OSError, ValueError, AttributeError):
                 ckpt = (json.loads(path.read_text()).get("checkpoint") or {}).get("path")
+                ckpt = ckpt and self._confined(path.parent / ckpt, f"checkpoint of {name!r}")
                 if ckpt:
-                    paths.append(path.parent / ckpt if not os.path.isabs(ckpt) else ckpt)
-        self._log_artifact(str(record.get("name", path.name)), kind, paths, record)
+                    paths.append(ckpt)
+        if paths:
+            self._log_artifact(name, kind, paths, record)
+        self._mark(event)
 
     def _log_artifact(self, name: str, kind: str, paths: list, meta: Mapping[str, Any]) -> None:
         present = [pathlib.Path(p) for p in paths if pathlib.Path(p).exists()]
         if not present:
             logger.warning("jaxobs: W&B artifact %r: %s is missing; not sent", name, paths[0])
             return
-        self._wrun().log_artifact(_artifact(self.run_info.run_id, name, kind, present, meta))
+        with staging(self.run_dir):
+            artifact = make_artifact(_wandb(), self.run_info.run_id, name, kind, present, meta)
+            self._wrun().log_artifact(artifact)
 
     def _on_config_update(self, event: Event) -> None:
         wrun = self._wrun()
@@ -320,13 +331,24 @@ class WandbSink(TrackerSink):
         }
         if changed:
             wrun.config.update(changed, allow_val_change=True)
+        self._mark(event)
 
     def _on_note(self, event: Event) -> None:
         wrun = self._wrun()
         notes = wrun.notes or ""
         wrun.notes = (notes + "\n" if notes else "") + str(event.data.get("text", ""))
+        self._mark(event)
 
     # -- ending
+
+    def handle_event(self, event: Event) -> None:
+        if self._replaying and event.timestamp_ns in self._durable and self.is_open:
+            if event.type == "metrics":  # W&B has it; the budget counts it as sent
+                self._within_budget(event)
+            if self._binding is not None:
+                self._binding.clock.marker.advance(event)
+            return
+        super().handle_event(event)
 
     def _end_run(self, event: Event) -> None:
         status = str(event.data.get("status", "finished"))
@@ -337,6 +359,7 @@ class WandbSink(TrackerSink):
         trainlog = self.run_dir / "trainlog.json"
         if self.artifacts and trainlog.is_file():
             self._log_artifact("trainlog", "trainlog", [trainlog], {"description": status})
+        self._mark(event)
 
     def _finish_run(self, event: Event) -> None:
         if self._owns:
@@ -346,6 +369,7 @@ class WandbSink(TrackerSink):
     def _finish(self, exit_code: int) -> None:
         wrun, self._owns = self._wrun(), False
         info = self.describe()
+        _STARTED.pop(id(wrun), None)
         wrun.finish(exit_code=exit_code)
         self._save_marker(info)  # after finish: what the marker says W&B has, it has
 
@@ -365,41 +389,43 @@ class WandbSink(TrackerSink):
             self._finish(1 if not self._ended else 0)
 
     def _end_replay(self, record: RunRecord) -> None:
-        if record.status == "incomplete":
-            self._wrun().summary["jaxobs/status"] = "incomplete"
         self.describe()  # where W&B wrote, kept for the result once the run is finished
-        if self._owns:  # a run that never ended: no run_end record finished it
-            self._finish(0)
+        if not self._owns:  # finished by the run's run_end record
+            return
+        if record.status != "finished":
+            self._wrun().summary["jaxobs/status"] = record.status
+        self._finish(0 if record.status == "finished" else 1)  # killed: failed in W&B
 
     def _location(self, marker: SyncMarker) -> str | None:
         return self.describe().get("dir") if self.wandb_run is not None else marker.info.get("dir")
 
+    # -- exactly once
+
+    def replay(self, record: RunRecord, marker: SyncMarker, wait_s: float = 0.0) -> SyncResult:
+        self._record = record  # for _resume_after, which sees the marker only
+        return super().replay(record, marker, wait_s=wait_s)
+
+    def _writes(self, kind: str) -> bool:
+        """Whether a record of type `kind` leaves a `_jaxobs_ns` in W&B's files."""
+        if kind in self.replay_skips or not hasattr(self, f"_on_{kind}"):
+            return False
+        return (kind != "histograms" or self.histograms) and (kind != "artifact" or self.artifacts)
+
+    def _resume_after(self, marker: SyncMarker) -> int | None:
+        """The `timestamp_ns` after which records must be sent: what W&B's own files of
+        this run hold (`_wandb_files.py`), or the marker's word where there are none.
+
+        The files can hold records past a gap (a live stream whose queue skipped records
+        for the sinks, killed before it caught up): the replay starts before the first
+        record they lack and leaves out the ones they hold (`_durable`).
+        """
+        if self._record is None:  # not called by replay
+            return marker.sent_through_ns
+        after, self._durable = resume(marker, self.id, self.dir, self._record, self._writes)
+        return after
+
 
 _MISSING = object()
-
-
-def _safe_url(wrun: Any) -> str | None:
-    try:
-        return wrun.url or None
-    except Exception:
-        return None
-
-
-def _describe(wrun: Any, sweep_id: str | None) -> dict[str, Any]:
-    """The `tracker` record of a W&B run (also the marker's info about its destination)."""
-    settings = getattr(wrun, "settings", None)
-    mode = getattr(settings, "mode", None)
-    return {
-        "tracker": "wandb",
-        "project": getattr(wrun, "project", None),
-        "entity": getattr(wrun, "entity", None) or None,
-        "id": getattr(wrun, "id", None),
-        "name": getattr(wrun, "name", None),
-        "mode": mode,
-        "dir": str(getattr(settings, "sync_dir", "") or "") or None,
-        "url": _safe_url(wrun) if mode == "online" else None,
-        "sweep_id": sweep_id,
-    }
 
 
 def _init_kwargs(
@@ -408,7 +434,7 @@ def _init_kwargs(
     info: RunInfo,
     run_dir: pathlib.Path,
     resume: str | None,
-    replaying: bool,
+    create_new: bool,
 ) -> dict[str, Any]:
     """The arguments of `wandb.init` for a run that `sink` starts."""
     kwargs: dict[str, Any] = {
@@ -427,9 +453,9 @@ def _init_kwargs(
     if sink.id is not None:
         kwargs["id"] = sink.id
     elif not os.environ.get("WANDB_RUN_ID"):
-        kwargs["id"] = _wandb_id(info.run_id)
+        kwargs["id"] = wandb_id(info.run_id)
     mode = sink.mode or os.environ.get("WANDB_MODE") or None
-    if mode is None and not _has_credentials():
+    if mode is None and not has_credentials():
         mode = "offline"
         logger.info(
             "jaxobs: no W&B credentials found, so W&B writes an offline run in %s; "
@@ -438,29 +464,12 @@ def _init_kwargs(
         )
     kwargs["mode"] = mode
     kwargs["resume"] = resume
-    if replaying:  # never finish a W&B run the caller has open; we report
+    if create_new:  # never finish nor return a W&B run open in this process
         kwargs["reinit"] = "create_new"
+    if sink._replaying:  # we report
         kwargs.setdefault("settings", wandb.Settings(silent=True))
     kwargs.update(sink.init_kwargs)
     return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def _artifact(
-    run_id: str, name: str, kind: str, paths: list[pathlib.Path], meta: Mapping[str, Any]
-) -> Any:
-    """A `wandb.Artifact` of the files and folders `paths` (which exist)."""
-    artifact = _wandb().Artifact(
-        name=_wandb_id(f"{run_id}-{name}"),
-        type=_ARTIFACT_TYPES.get(kind, kind),
-        description=str(meta.get("description") or "") or None,
-        metadata={"jaxobs_name": name, "jaxobs_kind": kind, "run_id": run_id},
-    )
-    for p in paths:
-        if p.is_dir():
-            artifact.add_dir(str(p), name=p.name)
-        else:
-            artifact.add_file(str(p), name=p.name)
-    return artifact
 
 
 # ----------------------------------------------------------------------------- sync
@@ -473,13 +482,18 @@ def sync(
     entity: str | None = None,
     id: str | None = None,
     mode: str | None = None,
+    budget: MetricBudget | bool | None = None,
+    wait_s: float = 0.0,
 ) -> SyncResult:
     """Send a run directory (finished, failed or killed mid-way) to a W&B run.
 
-    Only records that this destination has not received are sent (the sync marker,
-    `<run_dir>/sync/wandb.json`, says which): running it twice sends nothing the second
-    time. In offline mode (the default without W&B credentials) it writes a W&B offline
-    run under `<run_dir>/wandb/` that `wandb sync` uploads; online, it sends directly.
+    Only records that this W&B run has not received are sent: what the `.wandb` files of
+    its earlier sessions hold (each history row carries the hidden `_jaxobs_ns`, the time
+    of its jaxobs record), else what the sync marker (`<run_dir>/sync/wandb.json`) says.
+    Running it twice sends nothing the second time; run again after it was killed, it
+    sends every record once. In offline mode (the default without W&B credentials) it
+    writes a W&B offline run under `<run_dir>/wandb/` that `wandb sync` uploads; online,
+    it sends directly.
 
     Args:
       run_dir: A jaxobs run directory.
@@ -490,6 +504,10 @@ def sync(
         a sync completes it; else the jaxobs run id).
       mode: `"online"` or `"offline"` (default: `WANDB_MODE`, else online with
         credentials and offline without).
+      budget: A `MetricBudget` (default: `MetricBudget()`), or False to send every key,
+        as for `WandbSink(budget=)`.
+      wait_s: How long to wait for another sender of this run and W&B run (a live stream,
+        another sync) to finish.
 
     Returns:
       What was sent, and where W&B wrote it.
@@ -497,6 +515,7 @@ def sync(
     Raises:
       jaxobs.RunDirError: not a run directory.
       ImportError: wandb is not installed.
+      jaxobs.SyncBusyError: another process still sends there after `wait_s`.
     """
     wandb = _wandb()
     record = read_run(pathlib.Path(run_dir).absolute())
@@ -511,11 +530,11 @@ def sync(
     project = (
         project or os.environ.get("WANDB_PROJECT") or live.get("project") or record.info.project
     )
-    wid = id or live.get("id") or _wandb_id(record.info.run_id)
-    sink = WandbSink(project=project, entity=entity, id=wid, mode=mode)
+    wid = id or live.get("id") or wandb_id(record.info.run_id)
+    sink = WandbSink(project=project, entity=entity, id=wid, mode=mode, budget=budget)
     marker = SyncMarker(record.dir, sink.tracker, f"{project}/{wid}")
     try:
-        return sink.replay(record, marker)
+        return sink.replay(record, marker, wait_s=wait_s)
     finally:
         if sink.wandb_run is not None:
             wandb.teardown()  # the offline file is complete when this returns

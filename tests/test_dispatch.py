@@ -1,6 +1,5 @@
 """Event dispatch: sinks, callbacks, the bounded queue's policy, failing sinks, terminal."""
 
-import collections
 import io
 import logging
 import threading

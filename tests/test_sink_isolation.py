@@ -76,9 +76,7 @@ def test_a_hung_sink_is_abandoned_and_the_rest_is_delivered(tmp_path, caplog, wh
     the limit, the hang is reported in run_end, and the other sink gets every event."""
     caplog.set_level(logging.WARNING, logger="jaxobs")
     hung, good = Hang(where), Recorder()
-    run = jaxobs.init(
-        "iso", dir=tmp_path, terminal=False, sinks=[hung, good], sink_timeouts=FAST
-    )
+    run = jaxobs.init("iso", dir=tmp_path, terminal=False, sinks=[hung, good], sink_timeouts=FAST)
     _train(run)
     if where == "flush":
         run.flush()  # the hung flush is abandoned after flush_s

@@ -109,9 +109,7 @@ def _marker_files(run_dir):
     return entry["info"].get("files")
 
 
-def test_a_sync_killed_after_a_marker_save_then_run_again_writes_each_step_once(
-    big_run, tmp_path
-):
+def test_a_sync_killed_after_a_marker_save_then_run_again_writes_each_step_once(big_run, tmp_path):
     """Killed mid-way after saving its marker: the second sync cuts the files back and
     writes the rest; each step is in the files exactly once."""
     run_dir = _copy(big_run, tmp_path / "run")

@@ -589,3 +589,64 @@ def isolate(
     mp.setenv("WANDB_X_DISABLE_STATS", "true")  # no system-metrics sampler
     mp.setenv("WANDB_X_DISABLE_MACHINE_INFO", "true")
     return dirs
+
+
+# --- several sessions of one run, and processes killed while writing ---------------------------
+
+
+def session_files(root: str | os.PathLike[str], run_id: str) -> list[Path]:
+    """Every `run-<id>.wandb` file of W&B run `run_id` under `root` (offline or online), sorted."""
+    found = set()
+    for dirpath, _dirnames, filenames in os.walk(root):  # does not follow the latest-run link
+        here = Path(dirpath)
+        if here.name.endswith(f"-{run_id}") and f"run-{run_id}.wandb" in filenames:
+            found.add(here / f"run-{run_id}.wandb")
+    return sorted(found)
+
+
+def read_sessions(root: str | os.PathLike[str], run_id: str) -> list[OfflineRun]:
+    """Every session of W&B run `run_id` under `root`, each read up to a torn end (a file
+    whose writer was killed holds what it wrote before)."""
+    runs = []
+    for path in session_files(root, run_id):
+        records = read_records(path, allow_partial=True)
+        if any(r.WhichOneof("record_type") == "run" for r in records):
+            runs.append(offline_run_from_records(path, records))
+    return runs
+
+
+def step_counts(runs: list[OfflineRun], key: str, step_key: str = "trainer/step") -> dict:
+    """{step: how many history rows of `runs` hold `key` at that step}."""
+    counts: dict[Any, int] = {}
+    for run in runs:
+        for row in run.history:
+            if key in row:
+                counts[row.get(step_key)] = counts.get(row.get(step_key), 0) + 1
+    return counts
+
+
+def wandb_services_of(pid: int) -> list[int]:
+    """The pids of the wandb-core services started by process `pid` that still run (Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"wandb-core") and b"--pid" in args:
+            i = args.index(b"--pid")
+            if i + 1 < len(args) and args[i + 1] == str(pid).encode():
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for_services(pid: int, timeout: float = 60.0) -> None:
+    """Wait until the wandb-core services of (killed) process `pid` have written what they
+    received and exited; raises TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while wandb_services_of(pid):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"wandb-core of process {pid} still runs after {timeout} s")
+        time.sleep(0.05)
