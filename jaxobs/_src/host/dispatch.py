@@ -283,4 +283,3 @@ class Dispatcher:
             "abandoned and gets nothing more (training goes on, events.jsonl is complete; "
             f"change the limit with jaxobs.init(sink_timeouts=jaxobs.SinkTimeouts(...))){hint}"
         )
-

@@ -56,8 +56,7 @@ class SinkTimeouts:
             value = getattr(self, field.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(
-                    f"SinkTimeouts({field.name}={value!r}): expected a positive number of "
-                    "seconds"
+                    f"SinkTimeouts({field.name}={value!r}): expected a positive number of seconds"
                 )
 
 

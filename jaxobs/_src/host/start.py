@@ -16,8 +16,8 @@ from jaxobs._src.host.checker import HealthChecker
 from jaxobs._src.host.environment import snapshot
 from jaxobs._src.host.lifecycle import ACTIVE
 from jaxobs._src.host.recording import NullRecording, Recording
-from jaxobs._src.host.sink_worker import SinkTimeouts
 from jaxobs._src.host.run import NAME_RE, Run
+from jaxobs._src.host.sink_worker import SinkTimeouts
 
 __all__ = ["init"]
 
