@@ -51,9 +51,8 @@ _LIVE = textwrap.dedent(
     import sys, time
     import jaxobs
     from jaxobs.bridges.wandb import WandbSink
-    sink = WandbSink(mode="offline")
+    sink = WandbSink(mode="offline", marker_every_s=0.05)  # save the marker often
     run = jaxobs.init("live", dir=sys.argv[1], terminal=False, sinks=[sink])
-    sink._binding.clock.every_s = 0.05  # save the marker often
     print(run.dir, flush=True)
     for step in range(10_000_000):
         run.log({"a": float(step)}, step=step)

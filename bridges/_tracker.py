@@ -162,9 +162,11 @@ class TrackerSink:
     Args:
       budget: The `MetricBudget` of the `metrics` records sent (None: `MetricBudget()`,
         False: every key of every record).
+      marker_every_s: How often the sync marker is saved while the sink sends.
 
     Raises:
       TypeError: a `budget` that is not a `MetricBudget`, None or False.
+      ValueError: a `marker_every_s` that is not a positive number.
     """
 
     tracker: ClassVar[str] = ""  # `jaxobs sync --to` name and the marker's file name
@@ -173,7 +175,14 @@ class TrackerSink:
     # Whether `_make_durable` makes the marker exact, so a replay may save it as it goes.
     durable_marker: ClassVar[bool] = False
 
-    def __init__(self, budget: MetricBudget | bool | None = None) -> None:
+    def __init__(
+        self, budget: MetricBudget | bool | None = None, marker_every_s: float = 10.0
+    ) -> None:
+        if isinstance(marker_every_s, bool) or not isinstance(marker_every_s, (int, float)):
+            raise ValueError(f"marker_every_s must be a number of seconds, got {marker_every_s!r}")
+        if not marker_every_s > 0:
+            raise ValueError(f"marker_every_s must be positive, got {marker_every_s!r}")
+        self.marker_every_s = float(marker_every_s)
         if budget is None or budget is True:
             budget = MetricBudget()
         elif budget is not False and not isinstance(budget, MetricBudget):
@@ -242,9 +251,10 @@ class TrackerSink:
         says so; returns what the marker's info should record to find it again."""
         return {}
 
-    def _resume_after(self, marker: SyncMarker) -> int | None:
-        """The ``timestamp_ns`` after which the destination lacks records (None: all of
-        them), found under the destination's lock before a replay sends anything."""
+    def _resume_after(self, marker: SyncMarker, record: RunRecord) -> int | None:
+        """The ``timestamp_ns`` after which the destination lacks records of `record`
+        (None: all of them), found under the destination's lock before a replay sends
+        anything."""
         return marker.sent_through_ns
 
     # -- the bound run
@@ -307,10 +317,13 @@ class TrackerSink:
                 raise
             skipped = _skipped_for(run, self)
             clock = MarkerClock(
-                SyncMarker(path, self.tracker, destination), skipped=skipped, run_dir=path
+                SyncMarker(path, self.tracker, destination),
+                every_s=self.marker_every_s,
+                skipped=skipped,
+                run_dir=path,
             )
         else:  # a replay saves as it goes only when the marker is exact
-            every = 10.0 if self.durable_marker else math.inf
+            every = self.marker_every_s if self.durable_marker else math.inf
             clock = MarkerClock(marker, every_s=every, run_dir=path)
         self._binding = Binding(info, path, clock)
         self._meter = self.budget.meter() if self.budget is not None else None
@@ -447,7 +460,7 @@ class TrackerSink:
         """
         with SyncLock(record.dir, self.tracker, marker.destination, wait_s):
             marker.reload()
-            after = self._resume_after(marker)
+            after = self._resume_after(marker, record)
             if after != marker.sent_through_ns:
                 marker.sent_through_ns = after
             events = [e for e in events_of(record, after) if e.type not in self.replay_skips]

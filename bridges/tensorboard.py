@@ -118,7 +118,7 @@ class TensorBoardSink(TrackerSink):
         flush_secs: float = 10.0,
         budget: MetricBudget | bool | None = None,
     ):
-        super().__init__(budget)
+        super().__init__(budget, marker_every_s=flush_secs)
         self.logdir = pathlib.Path(logdir) if logdir is not None else None
         self.histograms = histograms
         self.hparams = hparams
@@ -147,7 +147,7 @@ class TensorBoardSink(TrackerSink):
             return {}
         return {"files": self.writer.flush()}
 
-    def _resume_after(self, marker: SyncMarker) -> int | None:
+    def _resume_after(self, marker: SyncMarker, record: RunRecord) -> int | None:
         logdir = self.logdir or pathlib.Path(str(marker.info.get("logdir")))
         files = marker.info.get("files", {})
         if not isinstance(files, dict):
@@ -168,11 +168,6 @@ class TensorBoardSink(TrackerSink):
         self.writer = EventFiles(self.logdir, run_tag(run_dir), self._known)
         self._config = dict(info.config)
         return _destination(self.logdir, run_dir)
-
-    def _open(self, info: RunInfo, run_dir: Any, marker: Any = None, run: Any = None) -> None:
-        super()._open(info, run_dir, marker, run)
-        if self._binding is not None:
-            self._binding.clock.every_s = min(self._binding.clock.every_s, self.flush_secs)
 
     # -- writing
 

@@ -127,9 +127,12 @@ class WandbSink(TrackerSink):
       init_kwargs: More arguments for `wandb.init` (`job_type`, `notes`, `settings`).
       budget: A `MetricBudget` (default: `MetricBudget()`), or False to send every key:
         past it, W&B receives statistics rolled up per layer (`events.jsonl` keeps all).
+      marker_every_s: How often the sync marker is saved while streaming (W&B's own files
+        are what a later sync trusts; the marker is the fallback where they are gone).
 
     Raises:
-      ValueError: an unknown `mode` or `summary` goal.
+      ValueError: an unknown `mode` or `summary` goal, or a `marker_every_s` that is not
+        a positive number.
     """
 
     tracker = "wandb"
@@ -150,8 +153,9 @@ class WandbSink(TrackerSink):
         alerts: bool = False,
         init_kwargs: Mapping[str, Any] | None = None,
         budget: MetricBudget | bool | None = None,
+        marker_every_s: float = 10.0,
     ):
-        super().__init__(budget)
+        super().__init__(budget, marker_every_s=marker_every_s)
         if mode not in (None, "online", "offline", "disabled"):
             raise ValueError(f"mode must be 'online', 'offline' or 'disabled', got {mode!r}")
         bad = {k: v for k, v in dict(summary or {}).items() if v not in _GOALS}
@@ -172,7 +176,6 @@ class WandbSink(TrackerSink):
         self._owns = False
         self._defined: set[str] = set()
         self._renamed: set[str] = set()  # reserved keys already warned about
-        self._record: RunRecord | None = None  # the run a replay sends
         self._durable: set[int] = set()  # in a replay: the records W&B's files hold
         self._alert_rows: list[list[Any]] = []
         self._described: dict[str, Any] | None = None
@@ -401,17 +404,13 @@ class WandbSink(TrackerSink):
 
     # -- exactly once
 
-    def replay(self, record: RunRecord, marker: SyncMarker, wait_s: float = 0.0) -> SyncResult:
-        self._record = record  # for _resume_after, which sees the marker only
-        return super().replay(record, marker, wait_s=wait_s)
-
     def _writes(self, kind: str) -> bool:
         """Whether a record of type `kind` leaves a `_jaxobs_ns` in W&B's files."""
         if kind in self.replay_skips or not hasattr(self, f"_on_{kind}"):
             return False
         return (kind != "histograms" or self.histograms) and (kind != "artifact" or self.artifacts)
 
-    def _resume_after(self, marker: SyncMarker) -> int | None:
+    def _resume_after(self, marker: SyncMarker, record: RunRecord) -> int | None:
         """The `timestamp_ns` after which records must be sent: what W&B's own files of
         this run hold (`_wandb_files.py`), or the marker's word where there are none.
 
@@ -419,9 +418,7 @@ class WandbSink(TrackerSink):
         for the sinks, killed before it caught up): the replay starts before the first
         record they lack and leaves out the ones they hold (`_durable`).
         """
-        if self._record is None:  # not called by replay
-            return marker.sent_through_ns
-        after, self._durable = resume(marker, self.id, self.dir, self._record, self._writes)
+        after, self._durable = resume(marker, self.id, self.dir, record, self._writes)
         return after
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import pathlib
@@ -10,6 +11,16 @@ import sys
 SENTINELS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
+def load_script(relpath: str):
+    """The script ``REPO/relpath`` (an example, a bench) loaded as a fresh module, its
+    ``main`` not yet called."""
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(f"_example_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def decode(value):

@@ -1,21 +1,13 @@
 """Example 05 (the production preset) runs and shows the spike between two samples."""
 
-import importlib.util
-
 import numpy as np
-from helpers import REPO, metric_table, read_events
-
-
-def _example():
-    path = REPO / "examples" / "05_production_preset.py"
-    spec = importlib.util.spec_from_file_location("example_05", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_script, metric_table, read_events
 
 
 def test_production_example_marks_the_window_with_the_spike(tmp_path, capsys):
-    run = _example().main(["--dir", str(tmp_path), "--steps", "61", "--spike-at", "47"])
+    run = load_script("examples/05_production_preset.py").main(
+        ["--dir", str(tmp_path), "--steps", "61", "--spike-at", "47"]
+    )
     out = capsys.readouterr().out
     table = metric_table(read_events(run.dir))
     assert sorted(table["window/grad_norm/max"]) == [0, 20, 40, 60]

@@ -7,7 +7,6 @@ The NNX example and the benchmarks run their ``main(argv)`` in this process (no 
 and JAX start-up of their own), their output read back from the captured stdout.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,7 +15,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import PYTHON, REPO, metric_table, read_events
+from helpers import PYTHON, REPO, load_script, metric_table, read_events
 from tb_files import read_tensorboard
 from wandb_files import find_offline_runs, isolate, read_offline_run
 
@@ -81,10 +80,7 @@ def _finished(demos, request):
 
 def _main(path: str, argv: list[str], capsys) -> str:
     """Load ``REPO/path`` as a fresh module, call its ``main(argv)``; return its stdout."""
-    file = REPO / path
-    spec = importlib.util.spec_from_file_location(f"_example_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(path)
     capsys.readouterr()  # what came before is not the script's
     module.main(argv)
     return capsys.readouterr().out

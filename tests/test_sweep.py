@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import jax
 import pytest
-from helpers import REPO, metric_table, read_events
+from helpers import load_script, metric_table, read_events
 from wandb_files import find_offline_runs, read_offline_run, read_records
 
 SWEEP_VALUES = {"learning_rate": 0.2, "momentum": 0.5, "batch_size": 128, "epochs": 1}
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location(
-        "sweep_example", REPO / "examples" / "04_wandb_sweep.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/04_wandb_sweep.py")
 
 
 @pytest.fixture
