@@ -24,6 +24,7 @@ import importlib.metadata
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from jaxobs._src.analysis.ascii_image import ascii_image, looks_like_images
 from jaxobs._src.device.guard import GuardState
 from jaxobs._src.engine.levels import LogLevel
 from jaxobs._src.formats.config import ConfigError
@@ -125,7 +126,9 @@ __all__ = [
     "TrainingHalted",
     "__version__",
     "active_run",
+    "ascii_image",
     "init",
+    "looks_like_images",
     "observe",
     "read_run",
     "schema_path",
