@@ -10,6 +10,10 @@ jaxobs crash plot DUMP [-o PNG]  draw the failure signature (default: next to th
 jaxobs sync RUN --to wandb       send a run (finished, failed or killed) to a W&B run:
                                  an offline run to upload with `wandb sync`, or online
 jaxobs sync RUN --to tensorboard write it as TensorBoard event files (RUN/tensorboard)
+jaxobs list DIR [--json]         one row per run under DIR: status, steps, duration, best
+                                 metrics, the config keys that differ
+jaxobs compare RUN RUN...        config diff and last/best metrics (--metric KEY, --json)
+jaxobs get RUN --around STEP     every series' values within STEP ± N (--window N, --json)
 ```
 
 A sync sends only what that destination has not received yet (`RUN/sync/<tracker>.json`
@@ -29,7 +33,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from jaxobs._src.analysis.text import printable
-from jaxobs.cli import crash, export, show, sync
+from jaxobs.cli import compare, crash, export, get, listing, show, sync
 
 __all__ = ["EXIT_USAGE", "main"]
 
@@ -47,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxobs", description="Inspect and export jaxobs runs.")
     p.add_argument("--version", action="version", version=f"jaxobs {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command in (show, export, crash, sync):
+    for command in (show, export, crash, sync, listing, compare, get):
         command.add_parser(sub).set_defaults(handler=command.run)
     return p
 
