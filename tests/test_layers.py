@@ -34,6 +34,7 @@ PUBLIC = (
     "jaxobs",
     "jaxobs.__main__",
     "jaxobs.stats",
+    "jaxobs.evaluation",
     "jaxobs.health",
     "jaxobs.crash",
     "jaxobs.artifacts",
