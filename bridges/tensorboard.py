@@ -19,12 +19,13 @@ What the event files hold:
 - scalars: every `metrics` record, at its step and with its wall time;
 - histograms (`jaxobs.Run.log_histograms`, `observe(histograms=N)`), with their exact
   bins, count, sum and sum of squares;
-- text: the config (`config`), health alerts (`health/alerts`) and notes (`notes`);
+- text: the config (`config`), health alerts (`health/alerts`), notes (`notes`) and the
+  run's summary (`summary`, `jaxobs.Run.summary` as JSON, again at each change);
   alerts also as `health/alert/<rule>` scalars (1 info, 2 warning, 3 danger, 4 critical);
 - an image: the crash dump's failure-signature plot (`health/failure_signature`);
 - hparams, written when the run ends into the fixed sub-directory `hparams/`: the config's
   scalar values with the final value of every `train/*`, `val/*`, `test/*` and
-  `eval/*` metric.
+  `eval/*` metric, and the numbers of the run's summary under their own keys.
 
 The sink writes its event files itself, on its own thread (tensorboardX's record format
 and protobufs, not its asynchronous `SummaryWriter`, whose `flush()` is not a barrier):
@@ -45,6 +46,7 @@ import math
 import os
 import pathlib
 import struct
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -127,6 +129,7 @@ class TensorBoardSink(TrackerSink):
         self._known: dict[str, int] = {}  # this run's files as a replay found them
         self._final: dict[str, float] = {}
         self._config: dict[str, Any] = {}
+        self._summary: dict[str, Any] = {}  # the run's summary (`Run.summary`), as it is now
 
     # -- starting
 
@@ -284,6 +287,13 @@ class TensorBoardSink(TrackerSink):
         summary = Summary(value=[Summary.Value(tag=tag, image=image)])
         self._add_summary(summary, global_step, walltime)
 
+    def _on_summary(self, event: Event) -> None:
+        self._summary.update(event.data.get("summary", {}))
+        for key in event.data.get("deleted", []):
+            self._summary.pop(key, None)
+        text = json.dumps(self._summary, indent=2, ensure_ascii=False, default=str)
+        self._add_text("summary", "```\n" + text + "\n```", **self._when(event))
+
     def _on_note(self, event: Event) -> None:
         self._add_text("notes", str(event.data.get("text", "")), **self._when(event))
 
@@ -293,6 +303,10 @@ class TensorBoardSink(TrackerSink):
         if self.hparams:
             hparams = _hparams(self._config) or {"run_id": self.run_info.run_id}
             metrics = dict(self._final)
+            for key, value in self._summary.items():  # the summary's numbers, as set
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if number and abs(value) <= sys.float_info.max:  # finite, fits a float
+                    metrics[key] = float(value)
             from tensorboardX.proto.summary_pb2 import Summary
             from tensorboardX.summary import hparams as hparams_summaries
 
@@ -318,6 +332,7 @@ class TensorBoardSink(TrackerSink):
 
     def _before_replay(self, record: RunRecord) -> None:
         self._config = dict(record.info.config)  # every config update applied
+        self._summary = dict(record.log.summary)  # as it ended (replayed records redo it)
         for key, curve in record.log.history.curves.items():  # hparams: the final values
             finite = [v for v in curve.values if math.isfinite(v)]
             if key.startswith(_FINAL_PREFIXES) and finite:

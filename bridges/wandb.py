@@ -26,7 +26,7 @@ What a W&B run receives:
 - best values in `run.summary`: `min` or `max` where the metric's name says which is
   better (the rule of `jaxobs show`: `train/loss`, `val/error_rate` and
   `perf/step_time_s` are minimised, `val/accuracy` and `eval/f1` maximised), and whatever
-  `summary=` says;
+  `summary=` says; `jaxobs.Run.summary` as set (each assignment and deletion);
 - histograms (`jaxobs.Run.log_histograms`, `observe(histograms=N)`) as `wandb.Histogram`;
 - health alerts as `health/alert/<rule>` scalars (1 info, 2 warning, 3 danger, 4 critical)
   and a `health/alerts` table; critical ones through `wandb.alert` if `alerts=True`;
@@ -335,6 +335,14 @@ class WandbSink(TrackerSink):
         if changed:
             wrun.config.update(changed, allow_val_change=True)
         self._mark(event)
+
+    def _on_summary(self, event: Event) -> None:
+        summary = self._wrun().summary
+        for key in safe_keys(dict.fromkeys(event.data.get("deleted", [])), self._renamed):
+            with contextlib.suppress(KeyError):
+                del summary[key]
+        values = safe_keys(dict(event.data.get("summary", {})), self._renamed)
+        summary.update({**values, MARK_KEY: event.timestamp_ns})  # one record, marked
 
     def _on_note(self, event: Event) -> None:
         wrun = self._wrun()

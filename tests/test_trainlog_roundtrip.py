@@ -155,7 +155,7 @@ def test_write_read_round_trip_preserves_every_value(log, out_dir):
     data = json.loads(text, parse_constant=_refuse_constant)
     VALIDATOR.validate(data)
 
-    assert data["schema_version"] == "1.0" and data["format"] == "jaxobs.trainlog"
+    assert data["schema_version"] == jaxobs.SCHEMA_VERSION and data["format"] == "jaxobs.trainlog"
     assert data["title"] == log.title and data["notes"] == log.notes
     assert data["steps"] == log.steps
     assert [s["name"] for s in data["series"]] == log.names

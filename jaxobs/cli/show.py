@@ -1,4 +1,4 @@
-"""`jaxobs show RUN [--all]`: a run's metadata, config, layers and last/best values."""
+"""`jaxobs show RUN [--all]`: a run's metadata, config, summary, layers and last/best values."""
 
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def show(log: TrainLog, record: Any, show_all: bool = False) -> None:
     console.print(_meta(log, record))
     if log.run is not None and log.run.config:
         console.print(_config(log.run.config))
+    if log.summary:
+        console.print(_user_summary(log.summary))
     _show_layers(console, log)
     _show_metrics(console, log, show_all)
     if log.artifacts:
@@ -115,6 +117,19 @@ def _config(config: dict[str, Any]) -> Any:
     table.add_column()
     for key, value in flatten_mapping(config, sep=".").items():
         _add_row(table, key, json.dumps(value, ensure_ascii=False))
+    return table
+
+
+def _user_summary(summary: dict[str, Any]) -> Any:
+    """The user's ``run.summary`` as set: strings as text, other values as JSON."""
+    from rich.table import Table
+
+    table = Table(title="summary", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        _add_row(table, key, text)
     return table
 
 

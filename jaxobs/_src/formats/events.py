@@ -65,6 +65,7 @@ EVENT_LEVELS: Mapping[str, Level] = types.MappingProxyType(
         "run_end": Level.BASIC,  # last record: status, error, drop counts
         "metrics": Level.BASIC,  # `Run.log`: scalars at a step
         "artifact": Level.BASIC,  # a file attached to the run
+        "summary": Level.BASIC,  # `Run.summary`: keys set (``summary``) or deleted (``deleted``)
         "train_start": Level.BASIC,
         "train_end": Level.BASIC,
         "epoch_start": Level.BASIC,
@@ -108,7 +109,16 @@ RECORD_FIELDS = frozenset({"event", "level", "step", "timestamp_ns"})
 # The types the run records itself (`Run.log`, `Run.add_note`, ...), which `read_run` reads
 # a meaning into; `check_event` refuses them.
 RUN_TYPES = frozenset(
-    {"run_start", "run_end", "metrics", "histograms", "artifact", "note", "config_update"}
+    {
+        "run_start",
+        "run_end",
+        "metrics",
+        "histograms",
+        "artifact",
+        "note",
+        "config_update",
+        "summary",
+    }
 )
 
 

@@ -2,7 +2,8 @@
 
 - `Curve`: one metric over steps; `MetricHistory`: several metrics logged in aligned rows.
 - `ExperimentLog`: a W&B-shaped record (`RunInfo`, a `MetricHistory`, `Artifact` files,
-  notes) with `ExperimentLog.to_trainlog` and its inverse `ExperimentLog.from_trainlog`.
+  notes, the user's summary) with `ExperimentLog.to_trainlog` and its inverse
+  `ExperimentLog.from_trainlog`.
 
 `RunInfo` and `Artifact` are defined with the format in `jaxobs._src.formats.trainlog` and
 importable from here too. Nothing here reads or writes a file except through `TrainLog`.
@@ -195,6 +196,9 @@ class MetricHistory(JsonEq):
 class ExperimentLog(JsonEq):
     """A W&B-shaped local experiment record that lowers to a `TrainLog`.
 
+    ``summary`` is the user's summary of the run (``run.summary``: names to JSON values,
+    the TrainLog's ``summary``); `read_run` fills it from the run's ``summary`` records.
+
     Example:
       >>> exp = ExperimentLog(run=RunInfo(project="digits", name="cnn", config={"lr": 0.05}))
       >>> exp.log_metric("train/loss", 2.3)  # returns the step used
@@ -211,6 +215,7 @@ class ExperimentLog(JsonEq):
     notes: list[str] = dataclasses.field(default_factory=list)
     title: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def log_metric(self, name: str, value: Any, step: int | None = None) -> int:
         """Append one scalar; new metric names are added lazily. Returns the step used.
@@ -252,6 +257,7 @@ class ExperimentLog(JsonEq):
             notes=list(self.notes),
             run=self.run,
             artifacts=list(self.artifacts),
+            summary=dict(self.summary),
             extra=dict(self.extra),
         )
 
@@ -268,6 +274,7 @@ class ExperimentLog(JsonEq):
             notes=list(log.notes),
             title=log.title,
             extra=dict(log.extra),
+            summary=dict(log.summary),
         )
 
     def to_json(self) -> dict[str, Any]:

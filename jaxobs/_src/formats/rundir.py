@@ -40,7 +40,9 @@ class RunRecord:
       status: ``finished``, ``failed``, ``interrupted``, ``terminated``, or ``incomplete``
         when there is no ``run_end`` record (the run is still going, or was killed).
       end: The ``run_end`` record, if any.
-      log: Metrics, artifacts and notes as an `ExperimentLog`.
+      log: Metrics, artifacts, notes and the user's summary (every ``summary`` record
+        applied in order: the last assignment of a key wins, a deletion removes it) as an
+        `ExperimentLog`.
       events: Every record of ``events.jsonl`` in order, as stored (non-finite floats are
         the strings "NaN", "Infinity", "-Infinity").
       warnings: What was incomplete (e.g. a torn last line).
@@ -154,6 +156,10 @@ def read_run(directory: str | os.PathLike, *, warn: bool = True) -> RunRecord:
             exp.notes.append(r.string("text", REQUIRED, "the note's text (a string)"))
         elif kind == "config_update":
             info.config.update(r.get("config", dict, REQUIRED, "an object"))
+        elif kind == "summary":
+            exp.summary.update(r.get("summary", dict, dict, "an object of summary values"))
+            for key in r.strs("deleted"):
+                exp.summary.pop(key, None)
         elif kind == "run_end":
             end = rec
             error = r.child("error", None, "an object or null", nullable=True)

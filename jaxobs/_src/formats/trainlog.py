@@ -2,7 +2,8 @@
 
 - `Series`: one named scalar metric as stored in a file.
 - `RunInfo`: the run's metadata and config; `Artifact`: a file the run produced.
-- `TrainLog`: the persisted log (title, steps, series, notes, run metadata, artifacts);
+- `TrainLog`: the persisted log (title, steps, series, notes, run metadata, artifacts, the
+  user's summary);
   `TrainLog.write_json` and `TrainLog.read_json` are the codec, `TrainLog.dumps` the
   canonical text.
 - `schema_path`: the JSON Schema shipped with the package.
@@ -45,7 +46,39 @@ from jaxobs._src.formats.fields import (
     check_version,
 )
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+
+# The version a file without ``schema_version`` has, and the first one with ``summary``.
+LEGACY_VERSION = "1.0"
+SUMMARY_VERSION = (1, 1)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def check_summary(summary: Any, where: str = "summary") -> dict[str, Any]:
+    """``summary`` as plain JSON (the rules of `jaxobs.to_config`), its keys checked.
+
+    Raises:
+      TypeError: not a mapping, or a key that is not a non-empty string; a value that
+        cannot be stored (`jaxobs.ConfigError`, a TypeError), naming ``<where>.<key>``.
+      ValueError: a key that is not valid UTF-8.
+    """
+    if not isinstance(summary, dict):
+        raise TypeError(f"{where} must be a mapping of names to values, got {summary!r}")
+    out = {}
+    for key, value in summary.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{where} keys must be non-empty strings, got {key!r}")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{where} key {key!r} is not valid UTF-8 (a lone surrogate?)"
+            ) from None
+        out[key] = to_config(value, f"{where}.{key}")
+    return out
 
 
 def schema_path() -> pathlib.Path:
@@ -257,7 +290,10 @@ class TrainLog(JsonEq):
       notes: Free-form notes.
       run: Run metadata and config, when the log comes from an `ExperimentLog`.
       artifacts: Files the run produced.
-      schema_version: The format version this log was read with or will be written as.
+      summary: The user's summary of the run (``run.summary``): names to JSON values, the
+        final word on the run (``{"best_val_loss": 0.12}``). Empty in a 1.0 file.
+      schema_version: The format version this log was read with or will be written as (a
+        log with a summary is written as at least 1.1).
       extra: Top-level keys this version does not know; written back unchanged.
 
     Example:
@@ -272,6 +308,7 @@ class TrainLog(JsonEq):
     notes: list[str] = dataclasses.field(default_factory=list)
     run: RunInfo | None = None
     artifacts: list[Artifact] = dataclasses.field(default_factory=list)
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -284,6 +321,7 @@ class TrainLog(JsonEq):
             )
         self.notes = [str(n) for n in self.notes]
         self.artifacts = list(self.artifacts)
+        self.summary = check_summary(self.summary)
         names = [s.name for s in self.series]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -324,8 +362,11 @@ class TrainLog(JsonEq):
     # -- codec
 
     def to_json(self) -> dict[str, Any]:
+        version = self.schema_version
+        if self.summary and _version_tuple(version) < SUMMARY_VERSION:
+            version = ".".join(map(str, SUMMARY_VERSION))  # a 1.0 reader would drop it
         out: dict[str, Any] = {
-            "schema_version": self.schema_version,
+            "schema_version": version,
             "format": TRAINLOG_FORMAT,
             "title": self.title,
         }
@@ -335,6 +376,8 @@ class TrainLog(JsonEq):
         out["series"] = [s.to_json() for s in self.series]
         out["notes"] = list(self.notes)
         out["artifacts"] = [a.to_json() for a in self.artifacts]
+        if self.summary:
+            out["summary"] = encode_tree(self.summary)
         out.update(encode_tree(self.extra))
         return out
 
@@ -347,12 +390,16 @@ class TrainLog(JsonEq):
           TrainLogError: the data does not have the TrainLog form; the message names the field.
         """
         version = check_version(data, source, "TrainLog", current=SCHEMA_VERSION)
+        if "schema_version" not in data:
+            version = LEGACY_VERSION  # written before versions were
         check_format(data, source, TRAINLOG_FORMAT, what="a TrainLog", default=TRAINLOG_FORMAT)
         r = FieldReader(data, "", source)
         r.seen.update({"schema_version", "format"})
         series_data = r.get("series", list, list, "a list of series objects")
         run_data = r.get("run", dict, None, "an object")
         artifacts = r.get("artifacts", list, list, "a list of artifact objects")
+        # Free-form JSON like a config: its strings stay strings.
+        summary = r.get("summary", dict, dict, "an object of summary values")
         try:
             return cls(
                 title=r.string("title"),
@@ -366,6 +413,7 @@ class TrainLog(JsonEq):
                     Artifact.from_json(a, f"artifacts[{i}]", source)
                     for i, a in enumerate(artifacts)
                 ],
+                summary=summary,
                 schema_version=version,
                 extra=r.rest(),
             )

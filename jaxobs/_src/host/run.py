@@ -36,6 +36,7 @@ from jaxobs._src.formats.rundir import EVENTS_FILE, TRAINLOG_FILE
 from jaxobs._src.host.lifecycle import ACTIVE, Lifecycle, Terminated, active_run, exit_status
 from jaxobs._src.host.monitors import Monitors
 from jaxobs._src.host.recording import NullRecording, Recording
+from jaxobs._src.host.summary import RunSummary
 
 __all__ = ["NAME_RE", "Run", "Terminated", "active_run"]
 
@@ -139,6 +140,7 @@ class Run:
         self._finished = False
         self._start = time.monotonic()
         self._monitors = Monitors()
+        self._summary: dict[str, Any] = {}
         self._lifecycle = Lifecycle(self.finish)
         if self.enabled:
             self._lifecycle.register_exit()
@@ -154,6 +156,14 @@ class Run:
     def config(self) -> dict[str, Any]:
         """The run's config (a copy; change it with `update_config`)."""
         return json.loads(json.dumps(self.info.config))
+
+    @property
+    def summary(self) -> RunSummary:
+        """The run's summary, a mapping with W&B's semantics: ``run.summary["best_val_loss"]
+        = 0.12``, ``run.summary.update({...})``, ``del run.summary[key]``, read back with
+        ``run.summary[key]``. Each change is a ``summary`` record of ``events.jsonl``; it is
+        the TrainLog's ``summary`` and is sent to the trackers as set."""
+        return RunSummary(self._summary, self._record_summary)
 
     @property
     def step(self) -> int:
@@ -319,6 +329,11 @@ class Run:
             self.info.config.update(converted)
             self._write("config_update", None, {"config": converted}, Level.BASIC)
         self._out.submit_pending()
+
+    def _record_summary(self, assigned: dict[str, Any], deleted: list[str]) -> None:
+        """Write one ``summary`` record (`RunSummary` has checked the values)."""
+        data: dict[str, Any] = {"summary": assigned} if assigned else {"deleted": deleted}
+        self._record("summary", "summary", data)
 
     # -- who watches
 
