@@ -10,7 +10,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: typecheck demo test test-fast lint docs install clean
+.PHONY: typecheck demo test test-fast lint docs install browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,16 @@ typecheck: $(STAMP)
 	ln -s "$$PWD/bridges" .typecheck/jaxobs/bridges
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p jaxobs
 
-test: lint typecheck docs
+# The browser tests drive Debian's chromium through chromedriver; installed here when missing
+# (as root; otherwise those tests are skipped with a note, unless JAXOBS_REQUIRE_BROWSER=1).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: chromium and chromedriver are missing and cannot be installed here; browser tests will be skipped"; fi; \
+	fi
+
+test: lint typecheck docs browser
 	$(BIN)/python -m pytest -q
 
 test-fast: lint

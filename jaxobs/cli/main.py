@@ -15,6 +15,7 @@ jaxobs list DIR [--json]         one row per run under DIR: status, steps, durat
 jaxobs compare RUN RUN...        config diff and last/best metrics (--metric KEY, --json)
 jaxobs get RUN --around STEP     every series' values within STEP ± N (--window N, --json)
 jaxobs report RUN [-o FILE]      a Markdown report (RUN/report.md) with PNG plots beside it
+jaxobs tail RUN [--once]         a live view of a run being written: step, metrics, alerts
 ```
 
 A sync sends only what that destination has not received yet (`RUN/sync/<tracker>.json`
@@ -34,7 +35,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from jaxobs._src.analysis.text import printable
-from jaxobs.cli import compare, crash, export, get, listing, report, show, sync
+from jaxobs.cli import compare, crash, export, get, listing, report, show, sync, tail
 
 __all__ = ["EXIT_USAGE", "main"]
 
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxobs", description="Inspect and export jaxobs runs.")
     p.add_argument("--version", action="version", version=f"jaxobs {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command in (show, export, crash, sync, listing, compare, get, report):
+    for command in (show, export, crash, sync, listing, compare, get, report, tail):
         command.add_parser(sub).set_defaults(handler=command.run)
     return p
 

@@ -74,6 +74,7 @@ EVENT_LEVELS: Mapping[str, Level] = types.MappingProxyType(
         "crash_dump": Level.BASIC,  # the flight recorder was dumped (path, plot)
         "rollback": Level.BASIC,  # the last good state was restored
         "tracker": Level.BASIC,  # a bridge started or adopted a tracker's run (W&B id, sweep)
+        "media": Level.BASIC,  # `Run.log_image(s)`, `Run.log_table`: files under media/
         "histograms": Level.DETAILED,  # `Run.log_histograms`: binned distributions at a step
         "batch_start": Level.DETAILED,
         "batch_end": Level.DETAILED,
@@ -118,6 +119,7 @@ RUN_TYPES = frozenset(
         "note",
         "config_update",
         "summary",
+        "media",
     }
 )
 

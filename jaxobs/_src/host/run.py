@@ -36,6 +36,8 @@ from jaxobs._src.formats.rundir import EVENTS_FILE, TRAINLOG_FILE
 from jaxobs._src.host.lifecycle import ACTIVE, Lifecycle, Terminated, active_run, exit_status
 from jaxobs._src.host.monitors import Monitors
 from jaxobs._src.host.recording import NullRecording, Recording
+from jaxobs._src.host.run_media import MediaMethods
+from jaxobs._src.host.subscribe import Subscription
 from jaxobs._src.host.summary import RunSummary
 
 __all__ = ["NAME_RE", "Run", "Terminated", "active_run"]
@@ -105,7 +107,7 @@ def _artifact_in(
     return artifact
 
 
-class Run:
+class Run(MediaMethods):
     """A live run. Create it with `jaxobs.init`.
 
     Only process 0 of a multi-process JAX job writes: on other processes `enabled` is False,
@@ -357,6 +359,19 @@ class Run:
     def register_callback(self, event_type: str, fn: Callable[[Event], Any]) -> None:
         """Call ``fn(event)`` on the worker thread for each event of that type (``"*"``: all)."""
         self._out.register_callback(event_type, fn)
+
+    def subscribe(self, types: Any = None, *, maxsize: int = 1000) -> Subscription:
+        """A bounded queue of this run's events from now on, that never blocks training.
+
+        ``types``: event type names or a callable ``(Event) -> bool`` (None: all). A full
+        queue drops its oldest event (counted in ``dropped``). Iterating it ends once the
+        run has finished and the queue is empty. See `Subscription`.
+        """
+        sub = Subscription(types, maxsize)
+        if not self._finished:
+            self._out.add_sink(sub.sink, self)
+        sub._attach(self)
+        return sub
 
     def add_monitor(self, monitor: Any) -> None:
         """Let ``monitor`` watch what this run records, from now on (once per object).
