@@ -30,6 +30,7 @@ __all__ = [
     "TRAINLOG_FORMAT",
     "FieldReader",
     "check_format",
+    "check_step",
     "check_version",
     "package_version",
     "subscript",
@@ -59,6 +60,20 @@ _READ_WITH = {
 
 # Every integer of a jaxobs file (a step, a count, a timestamp in ns) fits in int64.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_step(step: Any) -> int:
+    """``step`` as an int, once it is checked to be a non-negative integer that fits int64.
+
+    Raises:
+      ValueError: an integer outside the int64 range.
+      TypeError: anything else that is not a non-negative integer (a bool, a float, -1).
+    """
+    if hasattr(step, "__index__") and not INT64_MIN <= step <= INT64_MAX:
+        raise ValueError(f"step {step!r} is outside the int64 range [-2**63, 2**63 - 1]")
+    if isinstance(step, bool) or not hasattr(step, "__index__") or step < 0:
+        raise TypeError(f"step must be a non-negative integer, got {step!r}")
+    return int(step)
 
 
 def _digits(value: int) -> str:

@@ -31,6 +31,7 @@ from jaxobs._src.formats.artifacts import ConfusionMatrix
 from jaxobs._src.formats.config import histogram, scalar, to_config
 from jaxobs._src.formats.events import Event, Level, check_event
 from jaxobs._src.formats.experiment import Artifact, RunInfo
+from jaxobs._src.formats.fields import check_step
 from jaxobs._src.formats.redact import redact_text
 from jaxobs._src.formats.rundir import EVENTS_FILE, TRAINLOG_FILE
 from jaxobs._src.host.lifecycle import ACTIVE, Lifecycle, Terminated, active_run, exit_status
@@ -46,9 +47,6 @@ __all__ = ["NAME_RE", "Run", "Terminated", "active_run"]
 # What a run id or an artifact name may be: it names a file or a folder.
 # `fullmatch`, never `match` with ``$``: ``$`` also matches before a trailing newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-# Steps are int64 in TensorBoard and the trackers.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _convert_named(
@@ -71,21 +69,13 @@ def _convert_named(
     return converted
 
 
-def _check_step(step: Any) -> int:
-    if hasattr(step, "__index__") and not INT64_MIN <= step <= INT64_MAX:
-        raise ValueError(f"step {step!r} is outside the int64 range [-2**63, 2**63 - 1]")
-    if isinstance(step, bool) or not hasattr(step, "__index__") or step < 0:
-        raise TypeError(f"step must be a non-negative integer, got {step!r}")
-    return int(step)
-
-
 def _confusion_matrix_path(name: Any, step: Any) -> pathlib.Path:
     """``artifacts/<name>[-<step>].json``, once the name and step are checked."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValueError(f"artifact name {name!r} must be letters, digits, '.', '_' or '-'")
     if step is None:
         return pathlib.Path("artifacts") / f"{name}.json"
-    return pathlib.Path("artifacts") / f"{name}-{_check_step(step)}.json"
+    return pathlib.Path("artifacts") / f"{name}-{check_step(step)}.json"
 
 
 def _artifact_in(
@@ -231,7 +221,7 @@ class Run(MediaMethods):
         converted = _convert_named(values, "run.log", "metric", scalar)
         with self._lock:
             self._check_open("log")
-            step = _check_step(self.step if step is None else step)
+            step = check_step(self.step if step is None else step)
             self._write("metrics", step, {"values": converted}, Level.BASIC)
             self._next_step = max(self._next_step, step + 1)  # once it is written
         self._out.submit_pending()
@@ -262,7 +252,7 @@ class Run(MediaMethods):
             if step is None:
                 last = self._next_step - 1 if self._dispatched is None else self._dispatched
                 step = max(last, 0)
-            step = _check_step(step)
+            step = check_step(step)
             self._write("histograms", step, {"values": converted}, Level.DETAILED)
         self._out.submit_pending()
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from jaxobs._src.formats.codec import dumps, write_atomic, write_text_atomic
 from jaxobs._src.formats.events import Level
+from jaxobs._src.formats.fields import check_step
 from jaxobs._src.formats.media import encode_png, media_folder, table_json, to_pixels
 
 __all__ = ["MediaMethods"]
@@ -17,11 +18,7 @@ class MediaMethods:
     def _media_step(self, step: Any) -> int:
         if step is None:
             step = self.step  # type: ignore[attr-defined]
-        if hasattr(step, "__index__") and step > 2**63 - 1:
-            raise ValueError(f"step {step!r} is outside the int64 range [0, 2**63 - 1]")
-        if isinstance(step, bool) or not hasattr(step, "__index__") or step < 0:
-            raise TypeError(f"step must be a non-negative integer, got {step!r}")
-        return int(step)
+        return check_step(step)
 
     def log_image(
         self, name: str, image: Any, step: int | None = None, caption: str | None = None
